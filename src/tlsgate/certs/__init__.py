@@ -1,0 +1,24 @@
+"""
+Certificates and the TLS contexts built from them.
+
+Owns reading PEM files, validating a chain and key before they are served,
+the TLS policy of a server context, and the reloading context factory that
+looks at the files on disk for every new connection.
+"""
+
+from tlsgate.certs._material import CertifiedKey, certificate_names, parse_certified_key
+from tlsgate.certs._policy import TLSPolicy, build_server_context, check_cipher_string
+from tlsgate.certs._reloading import CertificateState, ReloadingContextFactory
+from tlsgate.certs._stamps import RACY_WINDOW_NS
+
+__all__ = [
+    "RACY_WINDOW_NS",
+    "CertificateState",
+    "CertifiedKey",
+    "ReloadingContextFactory",
+    "TLSPolicy",
+    "build_server_context",
+    "certificate_names",
+    "check_cipher_string",
+    "parse_certified_key",
+]

@@ -1,0 +1,108 @@
+"""
+TLS protocol policy and the construction of one server C{SSL.Context}.
+
+The defaults are what a gateway facing the public internet should offer
+without any configuration: TLS 1.2 at least, forward-secret AEAD suites,
+no compression, no renegotiation, the server's cipher order, X25519/P-256.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+
+from tlsgate.certs._material import CertifiedKey
+
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+DEFAULT_GROUPS = b"X25519:P-256"
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+@dataclass(frozen=True)
+class TLSPolicy:
+    """
+    The protocol settings of a listener, shared by every context it builds.
+
+    @ivar min_version: C{"1.2"} or C{"1.3"}.
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2 (1.3 suites are all AEAD).
+    @ivar session_resumption: offer session tickets and a session cache.
+    @ivar session_timeout: seconds a session may be resumed.
+    """
+
+    min_version: str = "1.2"
+    ciphers: str = DEFAULT_CIPHERS
+    session_resumption: bool = True
+    session_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.min_version not in _VERSIONS:
+            raise ValueError(f"min_version must be 1.2 or 1.3, not {self.min_version!r}")
+
+
+def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
+    """
+    Restrict key exchange to C{groups}.
+
+    pyOpenSSL has no public call for this; its binding of
+    C{SSL_CTX_set1_curves_list} is used when present, and OpenSSL's own
+    default list (which starts with X25519 and P-256) applies otherwise.
+    """
+    from OpenSSL._util import lib
+
+    setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    if setter is not None:
+        setter(ctx._context, groups)  # type: ignore[attr-defined]
+
+
+def check_cipher_string(ciphers: str) -> str | None:
+    """Why OpenSSL refuses C{ciphers}, or C{None} when it accepts them."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        ctx.set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return f"OpenSSL accepts no cipher in {ciphers!r}"
+    return None
+
+
+def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Context:
+    """
+    Make a fresh server context serving C{material} under C{policy}.
+
+    A new context per certificate generation also means a new session cache
+    and new ticket keys, so no session resumes across a certificate change.
+    """
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[policy.min_version])
+    options = (
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_SINGLE_ECDH_USE
+        | getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+    )
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_cipher_list(policy.ciphers.encode("ascii"))
+    _set_groups(ctx, DEFAULT_GROUPS)
+
+    ctx.use_certificate(material.leaf)
+    for extra in material.chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(material.key)
+    ctx.check_privatekey()
+
+    # A session ID context is required for client certificates and harmless
+    # otherwise; it is random per context, binding sessions to this generation.
+    ctx.set_session_id(secrets.token_hex(8).encode("ascii"))
+    if policy.session_resumption:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_timeout(max(1, int(policy.session_timeout)))
+    else:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # With no cache, TLS 1.3 "stateful" tickets name sessions nobody
+        # keeps, so every handshake is a full one.
+        options |= SSL.OP_NO_TICKET
+    ctx.set_options(options)
+    return ctx
+

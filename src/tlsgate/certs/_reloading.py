@@ -1,0 +1,262 @@
+"""
+The reloading server context factory: the files on disk decide, per connection.
+
+Each new connection stats the certificate and key files. Unchanged stamps hand
+out the cached context and nothing else happens. Changed stamps lead to a
+read, a parse and a validation *before* any swap; broken files leave the last
+good context in place, are logged and counted once, and are not parsed again
+until their stamps change. No signal, no watcher thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat as statmodule
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from tlsgate.certs._material import CertifiedKey, parse_certified_key
+from tlsgate.certs._policy import TLSPolicy, build_server_context
+from tlsgate.certs._stamps import (
+    Stamp,
+    RACY_WINDOW_NS,
+    FileRead,
+    Snapshot,
+    StatFunction,
+    read_file,
+    stamp_of,
+)
+from tlsgate.errors import CertificateError
+
+
+@dataclass(frozen=True)
+class CertificateState:
+    """
+    What a factory serves now, for status pages, metrics and connection tags.
+
+    @ivar generation: 1 for the certificate loaded at start, +1 per swap.
+    @ivar loaded_at: when this generation was loaded (UTC).
+    @ivar last_error: why the newest files on disk are not served, if they are not.
+    """
+
+    material: CertifiedKey
+    generation: int
+    loaded_at: datetime.datetime
+    last_error: str | None
+
+
+ChangeListener = Callable[[CertificateState], None]
+
+
+def _utc(ns: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class ReloadingContextFactory:
+    """
+    A server context factory that follows its certificate files on disk.
+
+    Usable wherever Twisted takes a server context factory:
+    C{reactor.listenSSL}, C{TLSMemoryBIOFactory} and C{wrapServerTLS}.
+
+    @param cert_path: PEM chain, leaf first; may hold the key too.
+    @param key_path: PEM private key, or C{None} to take it from C{cert_path}.
+    @param policy: the TLS settings every generated context gets.
+    @param name: a label for log lines (the listener name in the gateway).
+    @param wallclock: nanoseconds since the epoch; injected by tests.
+    @param stat: C{os.stat}-like; injected by tests to pin stamps.
+    @raise CertificateError: at construction, when the files cannot be
+        served at all. An expired certificate only logs a warning, so that
+        a renewal can fix it while the gateway runs.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        cert_path: str,
+        key_path: str | None = None,
+        *,
+        policy: TLSPolicy | None = None,
+        name: str = "default",
+        wallclock: Callable[[], int] = time.time_ns,
+        stat: StatFunction = os.stat,
+    ) -> None:
+        self.cert_path = os.fspath(cert_path)
+        self.key_path = None if key_path in (None, cert_path) else os.fspath(key_path)
+        self.policy = policy or TLSPolicy()
+        self.name = name
+        self._wallclock = wallclock
+        self._stat = stat
+        self._paths: tuple[str, ...] = (
+            (self.cert_path,) if self.key_path is None else (self.cert_path, self.key_path)
+        )
+        self.listeners: list[ChangeListener] = []
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self._last_error: str | None = None
+        self._good_digests: tuple[bytes | None, ...] = ()
+        self._generation = 0
+
+        stamps = self._stamps()
+        reads = [read_file(p) for p in self._paths]
+        now = self._wallclock()
+        self._seen = Snapshot.take(stamps, reads, now)
+        material = self._parse(reads)  # raises: nothing to fall back to yet
+        problem = material.validity_problem(_utc(now))
+        if problem is not None:
+            self._log.critical(
+                "{listener}: serving a certificate that is not valid now: {problem}."
+                " Replace {cert} and new connections will get the new one.",
+                listener=name,
+                problem=problem,
+                cert=self.cert_path,
+            )
+        self._install(material, now)
+
+    # -- the per-connection path ------------------------------------------
+
+    def _stamps(self) -> tuple[Stamp | None, ...]:
+        stat = self._stat
+        return tuple([stamp_of(p, stat) for p in self._paths])
+
+    def getContext(self) -> SSL.Context:
+        """The context for a new connection, after a look at the files."""
+        stamps = self._stamps()
+        seen = self._seen
+        if stamps == seen.stamps and not seen.racy:
+            return self._context
+        return self._refresh(stamps)
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)
+
+    # -- state, for status and metrics -----------------------------------
+
+    @property
+    def state(self) -> CertificateState:
+        return CertificateState(
+            material=self._material,
+            generation=self._generation,
+            loaded_at=self._loaded_at,
+            last_error=self._last_error,
+        )
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    # -- the slow path -----------------------------------------------------
+
+    def _refresh(self, stamps: tuple[Stamp | None, ...]) -> SSL.Context:
+        """Stamps changed, or are racy: find out whether the content did."""
+        reads = [read_file(p) for p in self._paths]
+        now = self._wallclock()
+        snapshot = Snapshot.take(stamps, reads, now)
+        if snapshot.digests == self._seen.digests and stamps == self._seen.stamps:
+            # Racy stamps, same content: keep checking only while still racy.
+            self._seen = snapshot
+            return self._context
+        self._seen = snapshot
+        if snapshot.digests == self._good_digests:
+            # Touched, renamed or restored with the content we already serve.
+            if self._last_error is not None:
+                self._log.info(
+                    "{listener}: certificate files are back to the served ones",
+                    listener=self.name,
+                )
+            self._last_error = None
+            return self._context
+        try:
+            material = self._parse(reads)
+            problem = material.validity_problem(_utc(now))
+            if problem is not None:
+                raise CertificateError(
+                    f"refusing the new files: {problem}; still serving"
+                    f" {self._material.fingerprint_sha256[:16]}",
+                    paths=self._paths,
+                )
+            self._install(material, now)
+        except CertificateError as e:
+            self._fail(e)
+        return self._context
+
+    def _parse(self, reads: list[FileRead]) -> CertifiedKey:
+        for r in reads:
+            if r.content is None:
+                raise CertificateError(r.error or "unreadable", paths=[r.path])
+        cert = reads[0].content
+        key = reads[1].content if len(reads) > 1 else None
+        assert cert is not None
+        return parse_certified_key(
+            cert, key, cert_path=self.cert_path, key_path=self.key_path
+        )
+
+    def _install(self, material: CertifiedKey, now_ns: int) -> None:
+        try:
+            context = build_server_context(material, self.policy)
+        except SSL.Error as e:
+            raise CertificateError(f"OpenSSL refused it: {e}", paths=self._paths) from None
+        self._warn_key_permissions()
+        self._context = context
+        self._material = material
+        self._generation += 1
+        self._loaded_at = _utc(now_ns)
+        self._good_digests = self._seen.digests
+        self._last_error = None
+        if self._generation > 1:
+            self.reloads_ok += 1
+            self._log.info(
+                "{listener}: now serving certificate generation {generation}"
+                " ({names}, sha256 {fingerprint}, not after {not_after})",
+                listener=self.name,
+                generation=self._generation,
+                names=", ".join(material.names),
+                fingerprint=material.fingerprint_sha256,
+                not_after=material.not_after.isoformat(),
+            )
+        state = self.state
+        for listener in list(self.listeners):
+            listener(state)
+
+    def _fail(self, error: CertificateError) -> None:
+        self.reloads_failed += 1
+        self._last_error = str(error)
+        self._log.error(
+            "{listener}: keeping certificate generation {generation}: {error}",
+            listener=self.name,
+            generation=self._generation,
+            error=str(error),
+        )
+
+    def _warn_key_permissions(self) -> None:
+        key = self.key_path or self.cert_path
+        try:
+            mode = self._stat(key).st_mode
+        except OSError:
+            return
+        if statmodule.S_ISREG(mode) and mode & 0o077:
+            self._log.warn(
+                "{listener}: private key {path} is readable by group or others"
+                " (mode {mode:o}); chmod 600 it",
+                listener=self.name,
+                path=key,
+                mode=statmodule.S_IMODE(mode),
+            )
+
+
+__all__ = ["RACY_WINDOW_NS", "CertificateState", "ReloadingContextFactory"]

@@ -1,0 +1,40 @@
+"""
+The parsed configuration: frozen values, independent of the ini syntax.
+
+Embedders build these directly; the ini parser is only one way to get them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tlsgate.certs import TLSPolicy
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """
+    One listening socket: where it listens, what it serves, where it relays.
+
+    @ivar listen: a Twisted server endpoint description (C{tcp:8443}).
+    @ivar backends: Twisted client endpoint descriptions, tried round robin.
+    """
+
+    name: str
+    listen: str
+    backends: tuple[str, ...]
+    cert: str
+    key: str | None = None
+    tls: TLSPolicy = field(default_factory=TLSPolicy)
+    backend_connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway: process-wide settings and its listeners."""
+
+    listeners: tuple[ListenerConfig, ...]
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    workers: int = 1
+    source: str | None = None

@@ -1,0 +1,271 @@
+"""
+The ini file parser: text in, a L{GatewayConfig} or every problem out.
+
+It reports all problems at once, each naming file, section and key, with a
+"did you mean" for near misses. Keys of the interface that this version does
+not implement yet are refused by name rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+from tlsgate.certs import TLSPolicy, check_cipher_string
+from tlsgate.config._model import GatewayConfig, ListenerConfig
+from tlsgate.config._values import parse_bool, parse_choice, parse_duration
+from tlsgate.errors import ConfigError, ConfigErrors
+
+GATEWAY_KEYS = ("admin", "admin_token_file", "workers", "drain_timeout", "log_format")
+LISTENER_KEYS = (
+    "listen", "backend", "cert", "key", "sni_dir", "sni_strict", "client_ca",
+    "client_auth", "allow", "ocsp_response", "alpn", "min_version", "ciphers",
+    "session_resumption", "session_timeout", "handshake_timeout", "idle_timeout",
+    "max_lifetime", "lifetime_jitter", "close_grace", "rotation_grace",
+    "max_connections", "max_connections_per_client", "proxy_protocol",
+    "backend_tls", "backend_ca", "backend_server_name", "backend_cert",
+    "backend_key", "backend_connect_timeout",
+)  # fmt: skip
+
+#: Keys of the interface that are known but not implemented in this version,
+#: with the capability they belong to. Refused, never ignored.
+NOT_YET: dict[str, str] = {
+    "admin": "the admin endpoint",
+    "admin_token_file": "the admin endpoint",
+    **dict.fromkeys(("sni_dir", "sni_strict"), "SNI certificate directories"),
+    **dict.fromkeys(("client_ca", "client_auth", "allow"), "client certificates"),
+    "ocsp_response": "OCSP stapling",
+    "alpn": "ALPN",
+    **dict.fromkeys(
+        (
+            "handshake_timeout", "idle_timeout", "max_lifetime", "lifetime_jitter",
+            "close_grace", "rotation_grace", "max_connections",
+            "max_connections_per_client",
+        ),
+        "connection limits",
+    ),
+    "proxy_protocol": "the PROXY protocol",
+    **dict.fromkeys(
+        ("backend_tls", "backend_ca", "backend_server_name", "backend_cert",
+         "backend_key"),
+        "TLS to backends",
+    ),
+}  # fmt: skip
+
+_REQUIRED = ("listen", "backend", "cert")
+_TLS_ENDPOINTS = ("ssl", "tls")
+
+
+class _NoReactor:
+    """Stands in for a reactor while endpoint strings are only parsed, not used."""
+
+
+def _did_you_mean(word: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Collector:
+    """Gathers errors for one file so all are reported together."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[ConfigError] = []
+
+    def add(self, message: str, section: str | None = None, key: str | None = None) -> None:
+        self.errors.append(ConfigError(message, file=self.file, section=section, key=key))
+
+    def value(
+        self, section: str, key: str, raw: str, parse: Callable[[str], Any]
+    ) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as e:
+            self.add(str(e), section, key)
+            return None
+
+
+def _check_server_endpoint(text: str) -> str:
+    kind = text.split(":", 1)[0].strip().lower()
+    if kind in _TLS_ENDPOINTS:
+        raise ValueError(
+            f"{text!r} is a TLS endpoint; give a plain one (tcp:, unix:, systemd:),"
+            " tlsgate adds TLS itself"
+        )
+    try:
+        serverFromString(_NoReactor(), text)
+    except Exception as e:  # endpoint parsers raise many kinds
+        raise ValueError(f"{text!r} is not a server endpoint description: {e}") from None
+    return text
+
+
+def _check_client_endpoints(text: str) -> tuple[str, ...]:
+    descriptions = tuple(text.split())
+    if not descriptions:
+        raise ValueError("no backend given")
+    for d in descriptions:
+        if d.split(":", 1)[0].strip().lower() in _TLS_ENDPOINTS:
+            raise ValueError(f"{d!r} is a TLS endpoint; use backend_tls = on instead")
+        try:
+            clientFromString(_NoReactor(), d)
+        except Exception as e:
+            raise ValueError(f"{d!r} is not a client endpoint description: {e}") from None
+    return descriptions
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto" or text.strip() != "1":
+        raise ValueError(
+            f"{text!r}: more than one worker process is not supported yet; use 1"
+        )
+    return 1
+
+
+def _log_format(text: str) -> str:
+    word = parse_choice(text, ("text", "json"))
+    if word == "json":
+        raise ValueError("json logs are not supported yet; use text")
+    return word
+
+
+def _cipher_string(text: str) -> str:
+    problem = check_cipher_string(text.strip())
+    if problem is not None:
+        raise ValueError(problem)
+    return text.strip()
+
+
+def parse_config(text: str, *, file: str, base_dir: str | None = None) -> GatewayConfig:
+    """
+    Parse ini C{text}; C{file} names it in errors.
+
+    Relative certificate paths are taken from C{base_dir} (by default the
+    directory of C{file}), so a config works whatever the process's cwd.
+
+    @raise ConfigErrors: with every problem found.
+    """
+    errors = _Collector(file)
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(file))
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        default_section="\x00tlsgate-no-defaults",
+        strict=True,
+    )
+    try:
+        parser.read_string(text, source=file)
+    except configparser.DuplicateSectionError as e:
+        errors.add(f"section appears twice (line {e.lineno})", e.section)
+    except configparser.DuplicateOptionError as e:
+        errors.add(f"key appears twice in the section (line {e.lineno})", e.section, e.option)
+    except configparser.MissingSectionHeaderError as e:
+        errors.add(f"line {e.lineno} comes before any [section]: {e.line.strip()!r}")
+    except configparser.ParsingError as e:
+        for lineno, line in e.errors:
+            errors.add(f"line {lineno} is not 'key = value': {line.strip()!r}")
+    if errors.errors:
+        raise ConfigErrors(errors.errors)
+
+    gateway: dict[str, Any] = {}
+    listeners: list[ListenerConfig] = []
+    for section in parser.sections():
+        if section == "gateway":
+            gateway = _parse_gateway(errors, parser[section])
+        elif section.startswith("listener:") and section[len("listener:"):].strip():
+            listener = _parse_listener(errors, section, parser[section], base)
+            if listener is not None:
+                listeners.append(listener)
+        else:
+            hint = _did_you_mean(section, ("gateway", "listener:NAME"))
+            errors.add(
+                "unknown section; expected [gateway] or [listener:NAME]" + hint, section
+            )
+    if not listeners and not errors.errors:
+        errors.add("no [listener:NAME] section; nothing to serve")
+    if errors.errors:
+        raise ConfigErrors(errors.errors)
+    return GatewayConfig(listeners=tuple(listeners), source=file, **gateway)
+
+
+def _unknown_or_not_yet(
+    errors: _Collector, section: str, key: str, known: tuple[str, ...]
+) -> bool:
+    """Report C{key} if it cannot be used; C{True} when it was reported."""
+    if key not in known:
+        errors.add("unknown key" + _did_you_mean(key, known), section, key)
+        return True
+    if key in NOT_YET:
+        errors.add(f"not supported yet ({NOT_YET[key]})", section, key)
+        return True
+    return False
+
+
+def _parse_gateway(errors: _Collector, items: configparser.SectionProxy) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    parsers: dict[str, Callable[[str], Any]] = {
+        "workers": _workers,
+        "drain_timeout": parse_duration,
+        "log_format": _log_format,
+    }
+    for key, raw in items.items():
+        if _unknown_or_not_yet(errors, "gateway", key, GATEWAY_KEYS):
+            continue
+        value = errors.value("gateway", key, raw, parsers[key])
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _parse_listener(
+    errors: _Collector, section: str, items: configparser.SectionProxy, base: str
+) -> ListenerConfig | None:
+    name = section[len("listener:"):].strip()
+    before = len(errors.errors)
+    values: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+
+    def path(text: str) -> str:
+        if not text.strip():
+            raise ValueError("empty path")
+        return os.path.join(base, os.path.expanduser(text.strip()))
+
+    parsers: dict[str, tuple[dict[str, Any], str, Callable[[str], Any]]] = {
+        "listen": (values, "listen", _check_server_endpoint),
+        "backend": (values, "backends", _check_client_endpoints),
+        "cert": (values, "cert", path),
+        "key": (values, "key", path),
+        "backend_connect_timeout": (values, "backend_connect_timeout", parse_duration),
+        "min_version": (tls, "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
+        "ciphers": (tls, "ciphers", _cipher_string),
+        "session_resumption": (tls, "session_resumption", parse_bool),
+        "session_timeout": (tls, "session_timeout", parse_duration),
+    }
+    for key, raw in items.items():
+        if _unknown_or_not_yet(errors, section, key, LISTENER_KEYS):
+            continue
+        target, attr, parse = parsers[key]
+        value = errors.value(section, key, raw, parse)
+        if value is not None:
+            target[attr] = value
+    for key in _REQUIRED:
+        if key not in items:
+            errors.add("required key is missing", section, key)
+    if len(errors.errors) != before:
+        return None
+    return ListenerConfig(name=name, tls=TLSPolicy(**tls), **values)
+
+
+def load_config(path: str) -> GatewayConfig:
+    """Read and parse the ini file at C{path}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigErrors([ConfigError(f"cannot read the file: {reason}", file=path)]) from None
+    return parse_config(text, file=path)

@@ -1,0 +1,53 @@
+"""
+The twistd command line: C{twistd -n tlsgate [--config PATH]}.
+
+Problems in the config file or its certificates end twistd with the message
+that names them and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from tlsgate.config import GatewayConfig, load_config
+from tlsgate.errors import TlsgateError
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Terminate TLS and relay to backends, following certificate files on disk"
+        " for every new connection. With no --config, serve the embedded demo on"
+        " https://127.0.0.1:8443/."
+    )
+    optParameters = [
+        ["config", "c", None, "The gateway's ini file (see docs/configuration.md)."],
+    ]
+
+    def postOptions(self) -> None:
+        self.gateway_config: GatewayConfig | None = None
+        if self["config"] is not None:
+            try:
+                self.gateway_config = load_config(self["config"])
+            except TlsgateError as e:
+                raise usage.UsageError(f"invalid config:\n{e}") from None
+
+
+def makeService(options: dict[str, Any] | Options) -> IService:
+    """Build the gateway from parsed options (called by twistd)."""
+    config = options.gateway_config if isinstance(options, Options) else None
+    if config is None and options.get("config"):
+        config = load_config(options["config"])
+    try:
+        if config is None:
+            from tlsgate.demo import build_demo_service
+
+            return build_demo_service()
+        from tlsgate.service import build_service
+
+        return build_service(config)
+    except TlsgateError as e:
+        raise SystemExit(f"tlsgate: cannot start: {e}") from None
