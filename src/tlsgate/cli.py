@@ -1,0 +1,129 @@
+"""
+The C{tlsgate} command: C{tlsgate check PATH} and C{tlsgate --version}.
+
+C{check} validates a config and every file it names without listening, so it
+fits in a deploy pipeline or a certbot deploy hook before the files go live.
+Exit codes: 0 all is well, 1 something is wrong, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from twisted.python import usage
+
+from tlsgate._version import __version__
+from tlsgate.certs import CertifiedKey, parse_certified_key
+from tlsgate.certs._stamps import read_file
+from tlsgate.config import load_config
+from tlsgate.errors import CertificateError, ConfigErrors
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+class _Options(usage.Options):
+    def opt_version(self) -> None:
+        """Print tlsgate's version and exit."""
+        print(f"tlsgate {__version__}")
+        raise SystemExit(EXIT_OK)
+
+    opt_V = opt_version
+
+
+class CheckOptions(_Options):
+    synopsis = "PATH"
+    longdesc = (
+        "Validate the ini file and every certificate and key it names, without"
+        " listening. One line per certificate; one line per problem."
+    )
+
+    def parseArgs(self, path: str) -> None:
+        self["path"] = path
+
+
+class Options(_Options):
+    synopsis = "tlsgate [--version]"
+    longdesc = "Validate tlsgate configs. The gateway itself runs as 'twistd -n tlsgate'."
+    subCommands = [["check", None, CheckOptions, "Validate a config and its files."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a command is needed, e.g. 'tlsgate check PATH'")
+
+
+def describe(material: CertifiedKey, now: datetime.datetime) -> str:
+    """One line for one certificate: names, fingerprint, not-after, days left."""
+    days = (material.not_after - now).total_seconds() / 86400
+    return (
+        f"names={','.join(material.names) or '-'}"
+        f" sha256={material.fingerprint_sha256}"
+        f" not_after={material.not_after.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        f" days_left={int(days) if days >= 0 else int(days) - 1}"
+    )
+
+
+def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
+    """Validate C{path}; print certificates to C{out}; return the exit code."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    try:
+        config = load_config(path)
+    except ConfigErrors as e:
+        for error in e.errors:
+            print(f"error: {error}", file=out)
+        return EXIT_PROBLEMS
+    problems = 0
+    for listener in config.listeners:
+        where = f"{path}: [listener:{listener.name}]"
+        reads = [read_file(listener.cert)]
+        if listener.key is not None:
+            reads.append(read_file(listener.key))
+        missing = [r for r in reads if r.content is None]
+        for r in missing:
+            key = "cert" if r.path == listener.cert else "key"
+            print(f"error: {where} {key}: {r.path}: {r.error}", file=out)
+            problems += 1
+        if missing:
+            continue
+        try:
+            material = parse_certified_key(
+                reads[0].content or b"",
+                reads[1].content if len(reads) > 1 else None,
+                cert_path=listener.cert,
+                key_path=listener.key,
+            )
+        except CertificateError as e:
+            print(f"error: {where} cert: {e}", file=out)
+            problems += 1
+            continue
+        print(f"{listener.name}: {listener.cert}: {describe(material, now)}", file=out)
+        problem = material.validity_problem(now)
+        if problem is not None:
+            print(f"error: {where} cert: {listener.cert}: {problem}", file=out)
+            problems += 1
+        key_path = listener.key or listener.cert
+        if os.stat(key_path).st_mode & 0o077:
+            print(
+                f"warning: {where} key: {key_path} is readable by group or others",
+                file=out,
+            )
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = Options()
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as e:
+        print(f"tlsgate: {e}\n\n{options}", file=sys.stderr)
+        return EXIT_USAGE
+    assert options.subCommand == "check"
+    return check(options.subOptions["path"], sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
