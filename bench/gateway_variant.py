@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.log:
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
-        globalLogBeginner.beginLogging(
+        globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(open(args.log, "a"))],  # noqa: SIM115
             redirectStandardIO=False,
         )

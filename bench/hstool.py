@@ -44,10 +44,21 @@ def cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait until something accepts TCP connections on the port."""
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
+        if args.pid is not None and not _alive(args.pid):
+            print(f"process {args.pid} is gone", file=sys.stderr)
+            return 1
         try:
             socket.create_connection((HOST, args.port), timeout=0.5).close()
             return 0
@@ -60,7 +71,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 # -- probe ---------------------------------------------------------------------
 
 
-def _fetch(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None):
+def _fetch(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> dict:
     with socket.create_connection((HOST, port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
             s.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -68,7 +79,15 @@ def _fetch(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None):
             while chunk := s.recv(65536):
                 body += chunk
             # Tickets (if any) arrive after the handshake; reading to EOF saw them.
-            return s, body, s.session
+            cipher = s.cipher()
+            return {
+                "version": s.version(),
+                "cipher": cipher[0] if cipher else None,
+                "leaf": s.getpeercert(binary_form=True),
+                "body": body,
+                "session": s.session,
+                "reused": s.session_reused,
+            }
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -83,22 +102,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    s1, body, session = _fetch(args.port, ctx, None)
-    leaf = x509.load_der_x509_certificate(s1.getpeercert(binary_form=True))
+    first = _fetch(args.port, ctx, None)
+    leaf = x509.load_der_x509_certificate(first["leaf"])
     key = leaf.public_key()
     key_desc = (
         f"ECDSA {key.curve.name}"
         if isinstance(key, ec.EllipticCurvePublicKey)
         else type(key).__name__
     )
-    s2, body2, _ = _fetch(args.port, ctx, session)
+    session = first["session"]
+    second = _fetch(args.port, ctx, session)
+    body, body2 = first["body"], second["body"]
     info = {
-        "version": s1.version(),
-        "cipher": s1.cipher()[0],
+        "version": first["version"],
+        "cipher": first["cipher"],
         "leaf_key": key_desc,
         "status": body.split(b"\r\n", 1)[0].decode("latin-1"),
         "ticket_issued": bool(session is not None and session.has_ticket),
-        "resumed": s2.session_reused,
+        "resumed": second["reused"],
     }
     problems = []
     if info["version"] != "TLSv1.3":
@@ -254,6 +275,7 @@ def main() -> int:
     s = sub.add_parser("wait")
     s.add_argument("port", type=int)
     s.add_argument("seconds", type=float, nargs="?", default=15.0)
+    s.add_argument("--pid", type=int, help="give up when this process exits")
     s.set_defaults(func=cmd_wait)
     s = sub.add_parser("probe")
     s.add_argument("port", type=int)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
 from tlsgate.config import GatewayConfig, load_config
@@ -38,6 +39,13 @@ class Options(usage.Options):
 
 def makeService(options: dict[str, Any] | Options) -> IService:
     """Build the gateway from parsed options (called by twistd)."""
+    return service_for(options)
+
+
+def service_for(
+    options: dict[str, Any] | Options, reactor: IReactorCore | None = None
+) -> IService:
+    """L{makeService} with the reactor injectable, for tests and embedders."""
     config = options.gateway_config if isinstance(options, Options) else None
     if config is None and options.get("config"):
         config = load_config(options["config"])
@@ -45,9 +53,9 @@ def makeService(options: dict[str, Any] | Options) -> IService:
         if config is None:
             from tlsgate.demo import build_demo_service
 
-            return build_demo_service()
+            return build_demo_service(reactor)
         from tlsgate.service import build_service
 
-        return build_service(config)
+        return build_service(config, reactor)
     except TlsgateError as e:
         raise SystemExit(f"tlsgate: cannot start: {e}") from None

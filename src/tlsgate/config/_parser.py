@@ -70,6 +70,15 @@ def _did_you_mean(word: str, known: tuple[str, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _section_hint(section: str) -> str:
+    kind, colon, name = section.partition(":")
+    close = difflib.get_close_matches(kind.strip().lower(), ("gateway", "listener"), 1, 0.6)
+    if not close:
+        return ""
+    suggestion = f"listener:{name.strip() or 'NAME'}" if close[0] == "listener" else "gateway"
+    return f" (did you mean [{suggestion}]?)"
+
+
 class _Collector:
     """Gathers errors for one file so all are reported together."""
 
@@ -181,7 +190,7 @@ def parse_config(text: str, *, file: str, base_dir: str | None = None) -> Gatewa
             if listener is not None:
                 listeners.append(listener)
         else:
-            hint = _did_you_mean(section, ("gateway", "listener:NAME"))
+            hint = _section_hint(section)
             errors.add(
                 "unknown section; expected [gateway] or [listener:NAME]" + hint, section
             )

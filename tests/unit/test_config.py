@@ -1,0 +1,172 @@
+"""The ini parser: values, every error naming file, section and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tlsgate.config import (
+    NOT_YET,
+    load_config,
+    parse_bool,
+    parse_config,
+    parse_duration,
+    parse_percent,
+)
+from tlsgate.config._parser import GATEWAY_KEYS, LISTENER_KEYS
+from tlsgate.errors import ConfigErrors
+
+GOOD = """\
+[gateway]
+drain_timeout = 10s   ; comment
+log_format = text
+workers = 1
+
+[listener:web]
+listen = tcp:8443:interface=127.0.0.1
+backend = tcp:127.0.0.1:8080  unix:/run/app.sock
+cert = certs/fullchain.pem
+key = /etc/tlsgate/privkey.pem
+min_version = 1.3
+ciphers = ECDHE+AESGCM
+session_resumption = off
+session_timeout = 2m
+backend_connect_timeout = 250ms
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigErrors) as raised:
+        parse_config(text, file="/etc/tlsgate/gateway.ini")
+    return [str(e) for e in raised.value.errors]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400),
+     ("12", 12), ("0", 0), ("1.5s", 1.5)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "1w", "s"])
+def test_bad_durations_say_what_is_expected(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_bools_and_percentages() -> None:
+    assert parse_bool("On") is True and parse_bool("off") is False
+    assert parse_percent("10%") == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        parse_percent("150%")
+    with pytest.raises(ValueError):
+        parse_bool("maybe")
+
+
+def test_a_full_listener_parses() -> None:
+    config = parse_config(GOOD, file="/etc/tlsgate/gateway.ini")
+    assert config.drain_timeout == 10
+    (web,) = config.listeners
+    assert web.name == "web"
+    assert web.backends == ("tcp:127.0.0.1:8080", "unix:/run/app.sock")
+    assert web.cert == "/etc/tlsgate/certs/fullchain.pem"  # relative to the file
+    assert web.key == "/etc/tlsgate/privkey.pem"
+    assert web.tls.min_version == "1.3"
+    assert web.tls.session_resumption is False
+    assert web.tls.session_timeout == 120
+    assert web.backend_connect_timeout == 0.25
+
+
+def test_unknown_key_names_file_section_key_and_a_near_miss() -> None:
+    (error,) = errors_of(GOOD.replace("session_timeout", "sesion_timeout"))
+    assert error == (
+        "/etc/tlsgate/gateway.ini: [listener:web] sesion_timeout: unknown key"
+        " (did you mean 'session_timeout'?)"
+    )
+
+
+def test_unknown_section_is_an_error() -> None:
+    (error,) = errors_of(GOOD + "\n[listner:api]\nlisten = tcp:1\n")
+    assert "[listner:api]: unknown section" in error
+    assert "did you mean [listener:api]?" in error
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = GOOD.replace("drain_timeout = 10s", "drain_timeout = soon").replace(
+        "min_version = 1.3", "min_version = 1.1"
+    )
+    found = errors_of(text)
+    assert len(found) == 2
+    assert any("[gateway] drain_timeout" in e for e in found)
+    assert any("[listener:web] min_version" in e for e in found)
+
+
+@pytest.mark.parametrize("key", sorted(NOT_YET))
+def test_interface_keys_not_built_yet_are_refused_by_name(key: str) -> None:
+    """Nothing from the interface page is silently ignored."""
+    section = "gateway" if key in GATEWAY_KEYS else "listener:web"
+    text = GOOD.replace(f"[{section}]\n", f"[{section}]\n{key} = x\n")
+    (error,) = errors_of(text)
+    assert f"[{section}] {key}: not supported yet" in error
+
+
+def test_every_interface_key_is_known() -> None:
+    """The key lists match the interface page (implemented or refused by name)."""
+    assert set(NOT_YET) <= set(GATEWAY_KEYS) | set(LISTENER_KEYS)
+    assert len(LISTENER_KEYS) == 30 and len(GATEWAY_KEYS) == 5
+
+
+def test_missing_required_keys() -> None:
+    found = errors_of("[listener:web]\nlisten = tcp:8443\n")
+    assert sorted(found) == [
+        "/etc/tlsgate/gateway.ini: [listener:web] backend: required key is missing",
+        "/etc/tlsgate/gateway.ini: [listener:web] cert: required key is missing",
+    ]
+
+
+def test_no_listener_is_an_error() -> None:
+    (error,) = errors_of("[gateway]\ndrain_timeout = 1s\n")
+    assert "no [listener:NAME] section" in error
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("listen", "ssl:8443", "is a TLS endpoint"),
+        ("listen", "bogus:1", "not a server endpoint description"),
+        ("backend", "tls:example.com:443", "use backend_tls = on"),
+        ("backend", "tcp:onlyhost", "not a client endpoint description"),
+        ("ciphers", "NOTACIPHER", "accepts no cipher"),
+        ("session_resumption", "sometimes", "not on or off"),
+    ],
+)
+def test_bad_values_name_their_key(key: str, value: str, message: str) -> None:
+    text = "\n".join(
+        f"{key} = {value}" if line.startswith(f"{key} =") else line
+        for line in GOOD.splitlines()
+    )
+    (error,) = errors_of(text)
+    assert f"[listener:web] {key}: " in error and message in error
+
+
+def test_duplicate_key_and_garbage_lines() -> None:
+    (dup,) = errors_of(GOOD + "listen = tcp:9999\n")
+    assert "[listener:web] listen: key appears twice" in dup
+    (garbage,) = errors_of("this is not ini\n")
+    assert "comes before any [section]" in garbage
+
+
+def test_workers_and_json_logs_are_refused_for_now() -> None:
+    found = errors_of(GOOD.replace("workers = 1", "workers = auto").replace(
+        "log_format = text", "log_format = json"))
+    assert any("[gateway] workers" in e and "not supported yet" in e for e in found)
+    assert any("[gateway] log_format" in e and "not supported yet" in e for e in found)
+
+
+def test_load_config_names_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigErrors) as raised:
+        load_config(str(tmp_path / "missing.ini"))
+    assert "missing.ini: cannot read the file" in str(raised.value)
