@@ -41,13 +41,15 @@ class CheckOptions(_Options):
         " listening. One line per certificate; one line per problem."
     )
 
-    def parseArgs(self, path: str) -> None:
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
         self["path"] = path
 
 
 class Options(_Options):
     synopsis = "tlsgate [--version]"
-    longdesc = "Validate tlsgate configs. The gateway itself runs as 'twistd -n tlsgate'."
+    longdesc = (
+        "Validate tlsgate configs. The gateway itself runs as 'twistd -n tlsgate'."
+    )
     subCommands = [["check", None, CheckOptions, "Validate a config and its files."]]
 
     def postOptions(self) -> None:

@@ -48,7 +48,9 @@ backend_connect_timeout = 2s
 _log = Logger()
 
 
-def ensure_demo_certificate(directory: str, now: datetime.datetime | None = None) -> bool:
+def ensure_demo_certificate(
+    directory: str, now: datetime.datetime | None = None
+) -> bool:
     """
     Make a self-signed ECDSA P-256 certificate for localhost in C{directory},
     unless a usable one is there already.
@@ -152,7 +154,7 @@ def build_demo_service(reactor: IReactorCore | None = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     assert reactor is not None
     created = ensure_demo_certificate(DEMO_DIR)
     gateway = build_service(demo_config(), reactor)

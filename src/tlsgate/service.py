@@ -64,7 +64,9 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     return Listener(config=config, contexts=contexts, pool=pool, service=service)
 
 
-def build_service(config: GatewayConfig, reactor: IReactorCore | None = None) -> IService:
+def build_service(
+    config: GatewayConfig, reactor: IReactorCore | None = None
+) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
 
@@ -74,7 +76,7 @@ def build_service(config: GatewayConfig, reactor: IReactorCore | None = None) ->
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     assert reactor is not None
     listeners = {lc.name: build_listener(lc, reactor) for lc in config.listeners}
     gateway = GatewayService(config, listeners)

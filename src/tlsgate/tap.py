@@ -13,6 +13,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
+from tlsgate._signals import install_stop_handlers
 from tlsgate.config import GatewayConfig, load_config
 from tlsgate.errors import TlsgateError
 
@@ -39,7 +40,11 @@ class Options(usage.Options):
 
 def makeService(options: dict[str, Any] | Options) -> IService:
     """Build the gateway from parsed options (called by twistd)."""
-    return service_for(options)
+    from twisted.internet import reactor
+
+    service = service_for(options, reactor)
+    install_stop_handlers(reactor)
+    return service
 
 
 def service_for(

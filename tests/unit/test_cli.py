@@ -31,7 +31,10 @@ def test_check_prints_one_line_per_certificate(tmp_path: Path) -> None:
     """Names, SHA-256 fingerprint, not-after and days left; exit 0."""
     now = utcnow()
     pair = make_pair(
-        trustme.CA(), "web.example", not_before=now, not_after=now + datetime.timedelta(days=42, hours=1)
+        trustme.CA(),
+        "web.example",
+        not_before=now,
+        not_after=now + datetime.timedelta(days=42, hours=1),
     )
     write(tmp_path / "web.pem", pair.chain)
     write(tmp_path / "web.key", pair.key)
@@ -47,8 +50,11 @@ def test_check_prints_one_line_per_certificate(tmp_path: Path) -> None:
 def test_check_reports_each_problem_and_exits_1(tmp_path: Path) -> None:
     """A missing key and an expired certificate are each one line naming section and key."""
     now = utcnow()
-    expired = make_pair(trustme.CA(), not_before=now - datetime.timedelta(days=9),
-                        not_after=now - datetime.timedelta(days=1))
+    expired = make_pair(
+        trustme.CA(),
+        not_before=now - datetime.timedelta(days=9),
+        not_after=now - datetime.timedelta(days=1),
+    )
     write(tmp_path / "web.pem", expired.chain)
     write(tmp_path / "web.key", expired.key)
     out = io.StringIO()
@@ -57,7 +63,9 @@ def test_check_reports_each_problem_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "web.key").unlink()
     out = io.StringIO()
     assert check(str(config(tmp_path)), out) == EXIT_PROBLEMS
-    assert f"[listener:web] key: {tmp_path / 'web.key'}: file not found" in out.getvalue()
+    assert (
+        f"[listener:web] key: {tmp_path / 'web.key'}: file not found" in out.getvalue()
+    )
 
 
 def test_check_reports_config_errors(tmp_path: Path) -> None:

@@ -160,8 +160,11 @@ def test_duplicate_key_and_garbage_lines() -> None:
 
 
 def test_workers_and_json_logs_are_refused_for_now() -> None:
-    found = errors_of(GOOD.replace("workers = 1", "workers = auto").replace(
-        "log_format = text", "log_format = json"))
+    found = errors_of(
+        GOOD.replace("workers = 1", "workers = auto").replace(
+            "log_format = text", "log_format = json"
+        )
+    )
     assert any("[gateway] workers" in e and "not supported yet" in e for e in found)
     assert any("[gateway] log_format" in e and "not supported yet" in e for e in found)
 

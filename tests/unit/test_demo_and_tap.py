@@ -82,13 +82,17 @@ def test_build_service_makes_one_listener_per_section(tmp_path: Path) -> None:
 
 def test_twistd_options_refuse_a_broken_config_with_its_message(tmp_path: Path) -> None:
     ini = tmp_path / "g.ini"
-    ini.write_text("[listener:x]\nlisten = tcp:1\nbackend = tcp:h:1\ncert = c\nbogus = 1\n")
+    ini.write_text(
+        "[listener:x]\nlisten = tcp:1\nbackend = tcp:h:1\ncert = c\nbogus = 1\n"
+    )
     with pytest.raises(usage.UsageError) as raised:
         tap.Options().parseOptions(["-c", str(ini)])
     assert f"{ini}: [listener:x] bogus: unknown key" in str(raised.value)
 
 
-def test_make_service_turns_certificate_errors_into_a_clean_exit(tmp_path: Path) -> None:
+def test_make_service_turns_certificate_errors_into_a_clean_exit(
+    tmp_path: Path,
+) -> None:
     """Unusable certificate files stop start-up with a message, not a traceback."""
     ini = tmp_path / "g.ini"
     ini.write_text("[listener:x]\nlisten = tcp:1\nbackend = tcp:h:1\ncert = nope.pem\n")

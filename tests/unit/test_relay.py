@@ -29,7 +29,13 @@ from zope.interface import implementer
 from tests.helpers import make_pair, write, write_atomically
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.errors import BackendUnavailable
-from tlsgate.relay import MAX_EARLY_BYTES, Backend, BackendPool, RelayFactory, RelayProtocol
+from tlsgate.relay import (
+    MAX_EARLY_BYTES,
+    Backend,
+    BackendPool,
+    RelayFactory,
+    RelayProtocol,
+)
 
 
 class Recorder(Protocol):
@@ -78,7 +84,10 @@ class FakeEndpoint:
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
         peer = self.backend()
         pump = iosim.connect(
-            peer, iosim.makeFakeServer(peer), proto, iosim.makeFakeClient(proto),
+            peer,
+            iosim.makeFakeServer(peer),
+            proto,
+            iosim.makeFakeClient(proto),
             greet=False,
         )
         self.peers.append(peer)
@@ -115,7 +124,10 @@ class Gateway:
     """A gateway listener assembled from its parts, with in-memory connections."""
 
     def __init__(
-        self, contexts: ReloadingContextFactory, ca: trustme.CA, *endpoints: FakeEndpoint
+        self,
+        contexts: ReloadingContextFactory,
+        ca: trustme.CA,
+        *endpoints: FakeEndpoint,
     ) -> None:
         self.clock = Clock()
         self.endpoints = endpoints or (FakeEndpoint(),)
@@ -133,11 +145,15 @@ class Gateway:
     def connect(self) -> tuple[Recorder, Any, iosim.IOPump]:
         client = Recorder()
         client_factory = TLSMemoryBIOFactory(
-            self.client_options, True, ClientFactory.forProtocol(lambda: client),
+            self.client_options,
+            True,
+            ClientFactory.forProtocol(lambda: client),
             clock=self.clock,
         )
-        cproto, sproto, pump = iosim.connectedServerAndClient(
-            lambda: self.server_factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5)),
+        _cproto, sproto, pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(
+                IPv4Address("TCP", "10.0.0.1", 5)
+            ),
             lambda: client_factory.buildProtocol(None),
             clock=self.clock,
         )
@@ -229,7 +245,7 @@ def test_open_connections_keep_their_certificate_across_a_swap(
     new = make_pair(ca)
     write_atomically(tmp_path / "k.pem", new.key)
     write_atomically(tmp_path / "c.pem", new.chain)
-    client2, server2, pump2 = gw.connect()
+    _client2, server2, pump2 = gw.connect()
     gw.endpoints[0].succeed()
     assert server2.getHandle().get_certificate().to_cryptography() != old
     client1.transport.write(b"still here")  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ under test; time and, for the racy cases, C{stat} are injected.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -25,8 +26,7 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface.verify import verifyObject
 
 from tests.helpers import Pair, make_pair, utcnow, write, write_atomically
-from tlsgate.certs import RACY_WINDOW_NS, ReloadingContextFactory, TLSPolicy
-from tlsgate.certs import _reloading
+from tlsgate.certs import RACY_WINDOW_NS, ReloadingContextFactory, TLSPolicy, _reloading
 from tlsgate.errors import CertificateError
 
 
@@ -81,7 +81,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return seen
 
 
-def make_factory(cert: Path, key: Path, clock: Clock, **kw: Any) -> ReloadingContextFactory:
+def make_factory(
+    cert: Path, key: Path, clock: Clock, **kw: Any
+) -> ReloadingContextFactory:
     return ReloadingContextFactory(str(cert), str(key), wallclock=clock, **kw)
 
 
@@ -157,7 +159,9 @@ def test_cert_then_key_update_heals_when_the_key_lands(
     assert factory.generation == 2
 
 
-def test_key_then_cert_update_heals_too(files: Any, clock: Clock, ca: trustme.CA) -> None:
+def test_key_then_cert_update_heals_too(
+    files: Any, clock: Clock, ca: trustme.CA
+) -> None:
     """The other order of a two-file update."""
     cert, key, old = files
     factory = make_factory(cert, key, clock)
@@ -243,7 +247,9 @@ def test_delete_then_restore(files: Any, clock: Clock, ca: trustme.CA) -> None:
     assert factory.generation == 2
 
 
-def test_kubernetes_data_symlink_swap(tmp_path: Path, clock: Clock, ca: trustme.CA) -> None:
+def test_kubernetes_data_symlink_swap(
+    tmp_path: Path, clock: Clock, ca: trustme.CA
+) -> None:
     """A Secret volume: tls.crt -> ..data/tls.crt, ..data -> ..2026_...; ..data is swapped."""
     old, new = make_pair(ca), make_pair(ca)
     for name, pair in (("..2026_11_21_01", old), ("..2026_11_21_02", new)):
@@ -271,7 +277,9 @@ def test_combined_file_with_key(tmp_path: Path, clock: Clock, ca: trustme.CA) ->
     assert served(factory) == new.fingerprint
 
 
-def test_expired_replacement_is_refused(files: Any, clock: Clock, ca: trustme.CA) -> None:
+def test_expired_replacement_is_refused(
+    files: Any, clock: Clock, ca: trustme.CA
+) -> None:
     """A valid certificate is never swapped for an expired one."""
     cert, key, old = files
     factory = make_factory(cert, key, clock)
@@ -311,7 +319,9 @@ def test_start_up_with_an_expired_certificate_warns_and_serves(
     """Expired at start: serve it with a critical log line, so renewal can fix it live."""
     now = utcnow()
     expired = make_pair(
-        ca, not_before=now - datetime.timedelta(days=9), not_after=now - datetime.timedelta(days=2)
+        ca,
+        not_before=now - datetime.timedelta(days=9),
+        not_after=now - datetime.timedelta(days=2),
     )
     write(tmp_path / "c.pem", expired.chain)
     write(tmp_path / "k.pem", expired.key)
@@ -359,9 +369,9 @@ def test_racy_same_size_rewrite_is_caught_by_content(
         s = os.stat(p)
         fields = list(s)
         fields[8] = int(clock.now // 1e9)  # st_mtime (seconds), for completeness
-        pinned[str(p)] = os.stat_result(fields, {"st_mtime_ns": int(clock.now)} | {
-            "st_ctime_ns": int(clock.now)
-        })
+        pinned[str(p)] = os.stat_result(
+            fields, {"st_mtime_ns": int(clock.now)} | {"st_ctime_ns": int(clock.now)}
+        )
     factory = make_factory(cert, key, clock, stat=pinned_stat)
     new = make_pair(ca)
     while len(new.chain) != len(old.chain) or len(new.key) != len(old.key):
@@ -415,7 +425,9 @@ def test_listeners_hear_each_swap(files: Any, clock: Clock, ca: trustme.CA) -> N
     assert heard == [2]
 
 
-def test_group_readable_key_is_warned_about(tmp_path: Path, clock: Clock, ca: trustme.CA) -> None:
+def test_group_readable_key_is_warned_about(
+    tmp_path: Path, clock: Clock, ca: trustme.CA
+) -> None:
     """Like Hysteria's start-up check: a key readable by others gets a warning."""
     pair = make_pair(ca)
     write(tmp_path / "c.pem", pair.chain, 0o644)
@@ -437,10 +449,8 @@ def handshake(client: SSL.Connection, server: SSL.Connection) -> None:
                     done[a] = True
                 except SSL.WantReadError:
                     pass
-            try:
+            with contextlib.suppress(SSL.WantReadError):
                 b.bio_write(a.bio_read(65536))
-            except SSL.WantReadError:
-                pass
         if all(done.values()):
             return
     raise AssertionError("handshake did not finish")

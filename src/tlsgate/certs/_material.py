@@ -16,13 +16,16 @@ from functools import cached_property
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-)
 from cryptography.x509.oid import NameOID
 
 from tlsgate.errors import CertificateError
 
+ServerKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
 _SERVER_KEY_TYPES = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -46,7 +49,7 @@ class CertifiedKey:
     """
 
     chain: tuple[x509.Certificate, ...]
-    key: CertificateIssuerPrivateKeyTypes
+    key: ServerKey
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -124,9 +127,13 @@ def parse_certified_key(
             f"no readable PEM certificate ({e})", paths=[cert_path]
         ) from None
 
-    key_source, key_file = (cert_pem, cert_path) if key_pem is None else (
-        key_pem,
-        key_path or cert_path,
+    key_source, key_file = (
+        (cert_pem, cert_path)
+        if key_pem is None
+        else (
+            key_pem,
+            key_path or cert_path,
+        )
     )
     match = _KEY_BLOCK.search(key_source)
     if match is None:

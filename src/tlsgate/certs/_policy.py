@@ -39,7 +39,9 @@ class TLSPolicy:
 
     def __post_init__(self) -> None:
         if self.min_version not in _VERSIONS:
-            raise ValueError(f"min_version must be 1.2 or 1.3, not {self.min_version!r}")
+            raise ValueError(
+                f"min_version must be 1.2 or 1.3, not {self.min_version!r}"
+            )
 
 
 def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
@@ -54,7 +56,7 @@ def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
 
     setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
     if setter is not None:
-        setter(ctx._context, groups)  # type: ignore[attr-defined]
+        setter(ctx._context, groups)
 
 
 def check_cipher_string(ciphers: str) -> str | None:
@@ -105,4 +107,3 @@ def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Conte
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
     return ctx
-

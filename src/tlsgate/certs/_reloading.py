@@ -29,10 +29,10 @@ from zope.interface import implementer
 from tlsgate.certs._material import CertifiedKey, parse_certified_key
 from tlsgate.certs._policy import TLSPolicy, build_server_context
 from tlsgate.certs._stamps import (
-    Stamp,
     RACY_WINDOW_NS,
     FileRead,
     Snapshot,
+    Stamp,
     StatFunction,
     read_file,
     stamp_of,
@@ -101,7 +101,9 @@ class ReloadingContextFactory:
         self._wallclock = wallclock
         self._stat = stat
         self._paths: tuple[str, ...] = (
-            (self.cert_path,) if self.key_path is None else (self.cert_path, self.key_path)
+            (self.cert_path,)
+            if self.key_path is None
+            else (self.cert_path, self.key_path)
         )
         self.listeners: list[ChangeListener] = []
         self.reloads_ok = 0
@@ -210,7 +212,9 @@ class ReloadingContextFactory:
         try:
             context = build_server_context(material, self.policy)
         except SSL.Error as e:
-            raise CertificateError(f"OpenSSL refused it: {e}", paths=self._paths) from None
+            raise CertificateError(
+                f"OpenSSL refused it: {e}", paths=self._paths
+            ) from None
         self._warn_key_permissions()
         self._context = context
         self._material = material

@@ -71,11 +71,15 @@ def _did_you_mean(word: str, known: tuple[str, ...]) -> str:
 
 
 def _section_hint(section: str) -> str:
-    kind, colon, name = section.partition(":")
-    close = difflib.get_close_matches(kind.strip().lower(), ("gateway", "listener"), 1, 0.6)
+    kind, _colon, name = section.partition(":")
+    close = difflib.get_close_matches(
+        kind.strip().lower(), ("gateway", "listener"), 1, 0.6
+    )
     if not close:
         return ""
-    suggestion = f"listener:{name.strip() or 'NAME'}" if close[0] == "listener" else "gateway"
+    suggestion = (
+        f"listener:{name.strip() or 'NAME'}" if close[0] == "listener" else "gateway"
+    )
     return f" (did you mean [{suggestion}]?)"
 
 
@@ -86,8 +90,12 @@ class _Collector:
         self.file = file
         self.errors: list[ConfigError] = []
 
-    def add(self, message: str, section: str | None = None, key: str | None = None) -> None:
-        self.errors.append(ConfigError(message, file=self.file, section=section, key=key))
+    def add(
+        self, message: str, section: str | None = None, key: str | None = None
+    ) -> None:
+        self.errors.append(
+            ConfigError(message, file=self.file, section=section, key=key)
+        )
 
     def value(
         self, section: str, key: str, raw: str, parse: Callable[[str], Any]
@@ -109,7 +117,9 @@ def _check_server_endpoint(text: str) -> str:
     try:
         serverFromString(_NoReactor(), text)
     except Exception as e:  # endpoint parsers raise many kinds
-        raise ValueError(f"{text!r} is not a server endpoint description: {e}") from None
+        raise ValueError(
+            f"{text!r} is not a server endpoint description: {e}"
+        ) from None
     return text
 
 
@@ -123,7 +133,9 @@ def _check_client_endpoints(text: str) -> tuple[str, ...]:
         try:
             clientFromString(_NoReactor(), d)
         except Exception as e:
-            raise ValueError(f"{d!r} is not a client endpoint description: {e}") from None
+            raise ValueError(
+                f"{d!r} is not a client endpoint description: {e}"
+            ) from None
     return descriptions
 
 
@@ -171,7 +183,9 @@ def parse_config(text: str, *, file: str, base_dir: str | None = None) -> Gatewa
     except configparser.DuplicateSectionError as e:
         errors.add(f"section appears twice (line {e.lineno})", e.section)
     except configparser.DuplicateOptionError as e:
-        errors.add(f"key appears twice in the section (line {e.lineno})", e.section, e.option)
+        errors.add(
+            f"key appears twice in the section (line {e.lineno})", e.section, e.option
+        )
     except configparser.MissingSectionHeaderError as e:
         errors.add(f"line {e.lineno} comes before any [section]: {e.line.strip()!r}")
     except configparser.ParsingError as e:
@@ -185,7 +199,7 @@ def parse_config(text: str, *, file: str, base_dir: str | None = None) -> Gatewa
     for section in parser.sections():
         if section == "gateway":
             gateway = _parse_gateway(errors, parser[section])
-        elif section.startswith("listener:") and section[len("listener:"):].strip():
+        elif section.startswith("listener:") and section[len("listener:") :].strip():
             listener = _parse_listener(errors, section, parser[section], base)
             if listener is not None:
                 listeners.append(listener)
@@ -214,7 +228,9 @@ def _unknown_or_not_yet(
     return False
 
 
-def _parse_gateway(errors: _Collector, items: configparser.SectionProxy) -> dict[str, Any]:
+def _parse_gateway(
+    errors: _Collector, items: configparser.SectionProxy
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
         "workers": _workers,
@@ -233,7 +249,7 @@ def _parse_gateway(errors: _Collector, items: configparser.SectionProxy) -> dict
 def _parse_listener(
     errors: _Collector, section: str, items: configparser.SectionProxy, base: str
 ) -> ListenerConfig | None:
-    name = section[len("listener:"):].strip()
+    name = section[len("listener:") :].strip()
     before = len(errors.errors)
     values: dict[str, Any] = {}
     tls: dict[str, Any] = {}
@@ -276,5 +292,7 @@ def load_config(path: str) -> GatewayConfig:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigErrors([ConfigError(f"cannot read the file: {reason}", file=path)]) from None
+        raise ConfigErrors(
+            [ConfigError(f"cannot read the file: {reason}", file=path)]
+        ) from None
     return parse_config(text, file=path)

@@ -56,7 +56,9 @@ def parse_positive_int(text: str, *, allow_zero: bool = True) -> int:
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{text!r} must be {'0 or more' if allow_zero else 'at least 1'}")
+        raise ValueError(
+            f"{text!r} must be {'0 or more' if allow_zero else 'at least 1'}"
+        )
     return value
 
 

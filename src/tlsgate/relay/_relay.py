@@ -165,7 +165,7 @@ class _BackendFactory(Factory):
     def __init__(self, client: RelayProtocol) -> None:
         self.client = client
 
-    def buildProtocol(self, addr: IAddress) -> _BackendProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> _BackendProtocol:
         return _BackendProtocol(self.client)
 
 
@@ -182,7 +182,7 @@ class RelayFactory(Factory):
         self.pool = pool
         self.connect_after_handshake = connect_after_handshake
 
-    def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         p = RelayProtocol(self.pool, self.connect_after_handshake)
         p.factory = self
         return p

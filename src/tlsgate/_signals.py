@@ -1,0 +1,43 @@
+"""
+Process signals for the twistd plugin: SIGTERM and SIGINT stop the gateway and
+exit 0.
+
+twistd's own handlers re-raise the stopping signal at exit (status 143 or
+130), which supervisors read as a crash; the interface promises exit 0. The
+handlers are installed once the reactor runs (after twistd installed its
+own), and only for the plugin: embedders keep their own signal handling.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+def install_stop_handlers(
+    reactor: IReactorCore, stop: Callable[[], object] | None = None
+) -> None:
+    """
+    From the reactor's start on, SIGTERM and SIGINT call C{stop} (default:
+    C{reactor.stop}) in the reactor thread.
+    """
+    stopper = stop if stop is not None else reactor.stop
+    threads: IReactorFromThreads = reactor  # type: ignore[assignment]
+
+    def handler(number: int, frame: FrameType | None) -> None:
+        _log.info(
+            "Received {signal}, shutting down.", signal=signal.Signals(number).name
+        )
+        threads.callFromThread(stopper)
+
+    def install() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+    reactor.callWhenRunning(install)

@@ -1,0 +1,197 @@
+"""
+Real-process fixtures: C{twistd -n tlsgate} on loopback, a backend, TLS clients.
+
+The gateway runs from this source tree (C{PYTHONPATH} holds C{src/} and the
+repository root, whose C{twisted/plugins/} Twisted scans), exactly as a user
+runs it, and is driven with Python's C{ssl} module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.helpers import Pair, make_pair, write
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def source_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    return env
+
+
+def twistd() -> str:
+    """The twistd of the Python running the tests (a venv's, if any)."""
+    found = shutil.which(
+        "twistd", path=os.path.dirname(sys.executable)
+    ) or shutil.which("twistd")
+    assert found, "twistd not found; install the project first (see README)"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"process exited with {proc.returncode} before listening"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listened on {port} within {timeout}s")
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@pytest.fixture
+def echo_backend() -> Iterator[int]:
+    """A plain TCP echo server on loopback; yields its port."""
+    server = EchoServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+class GatewayProcess:
+    """One C{twistd -n tlsgate} process and what it printed."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "gateway.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", *args],
+            cwd=workdir,
+            env=source_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Site:
+    """A gateway with one listener over certificate files in a temp dir."""
+
+    def __init__(self, tmp: Path, ca: trustme.CA, backend_port: int) -> None:
+        self.tmp = tmp
+        self.ca = ca
+        self.cert = tmp / "fullchain.pem"
+        self.key = tmp / "privkey.pem"
+        self.port = free_port()
+        self.backend_port = backend_port
+        self.first = make_pair(ca)
+        write(self.cert, self.first.chain, 0o644)
+        write(self.key, self.first.key)
+        self.gateway: GatewayProcess | None = None
+
+    def ini(self, **extra: str) -> Path:
+        lines = {
+            "listen": f"tcp:{self.port}:interface=127.0.0.1",
+            "backend": f"tcp:127.0.0.1:{self.backend_port}",
+            "cert": str(self.cert),
+            "key": str(self.key),
+            **extra,
+        }
+        path = self.tmp / "gateway.ini"
+        path.write_text(
+            "[listener:web]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
+        )
+        return path
+
+    def start(self, **extra: str) -> GatewayProcess:
+        self.gateway = GatewayProcess(
+            self.tmp, ["tlsgate", "--config", str(self.ini(**extra))]
+        )
+        wait_for_port(self.port, self.gateway.proc)
+        return self.gateway
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    def served(self) -> str:
+        """The SHA-256 fingerprint a fresh TLS connection is served (after an echo)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with self.client_context().wrap_socket(
+                raw, server_hostname="localhost"
+            ) as tls:
+                tls.sendall(b"ping")
+                assert recv_exactly(tls, 4) == b"ping"
+                der = tls.getpeercert(binary_form=True)
+                assert der is not None
+                return hashlib.sha256(der).hexdigest()
+
+    def new_pair(self, **kw: object) -> Pair:
+        return make_pair(self.ca, **kw)  # type: ignore[arg-type]
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+@pytest.fixture
+def site(tmp_path: Path, echo_backend: int) -> Iterator[Site]:
+    s = Site(tmp_path, trustme.CA(), echo_backend)
+    yield s
+    if s.gateway is not None:
+        s.gateway.stop()
