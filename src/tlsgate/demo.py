@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
@@ -29,7 +28,7 @@ from twisted.web.server import Request, Site
 
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.config import GatewayConfig, parse_config
-from tlsgate.service import GatewayService, build_service
+from tlsgate.service import GatewayService, ListenerService, build_service
 
 DEMO_DIR = "tlsgate-demo"
 
@@ -162,10 +161,9 @@ def build_demo_service(reactor: IReactorCore | None = None) -> IService:
     contexts = gateway.listeners["demo"].contexts
     site = Site(DemoPage(contexts))
     site.displayTracebacks = False
-    backend = StreamServerEndpointService(
+    backend = ListenerService(
         serverFromString(reactor, f"unix:{DEMO_DIR}/backend.sock:lockfile=1"), site
     )
-    backend._raiseSynchronously = True
     backend.setServiceParent(gateway)
     cert = os.path.abspath(os.path.join(DEMO_DIR, "cert.pem"))
     _log.info(

@@ -1,24 +1,87 @@
 """
 Wiring: a parsed L{GatewayConfig} becomes a running Twisted C{IService}.
 
-One child service per listener; each owns its reloading context factory,
-its backend pool and its listening port. Certificates are loaded when the
-service is built, so unusable files stop start-up with a clear error.
+One child service per listener; each owns its reloading context factory, its
+backend pool, its connection tracker and its listening port. Certificates
+are loaded when the service is built, so unusable files stop start-up with a
+clear error. Stopping the service drains: listeners stop accepting, open
+connections get C{drain_timeout} to finish, the rest are closed gracefully.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.relay import Backend, BackendPool, RelayFactory
+from tlsgate.tracker import ConnectionTracker
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint while running, and hands the port to the tracker
+    so that C{max_connections} can pause accepting.
+
+    A port that cannot be bound fails C{startService} at once (twistd then
+    exits with the reason) rather than logging an unhandled error.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        tracker: ConnectionTracker | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.tracker = tracker
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+        self._listening = d
+        failures: list[Failure] = []
+        d.addCallbacks(self._listened, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        if self.tracker is not None:
+            self.tracker.port = port
+        return port
+
+    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+        super().stopService()
+        port, self.port = self.port, None
+        if self.tracker is not None:
+            self.tracker.port = None
+        if port is not None:
+            result = port.stopListening()
+            return result if isinstance(result, Deferred) else None
+        if self._listening is not None:
+            self._listening.cancel()
+        return None
 
 
 @dataclass(frozen=True)
@@ -28,16 +91,45 @@ class Listener:
     config: ListenerConfig
     contexts: ReloadingContextFactory
     pool: BackendPool
-    service: StreamServerEndpointService
+    tracker: ConnectionTracker
+    service: ListenerService
 
 
 class GatewayService(MultiService):
-    """The whole gateway: one child service per listener."""
+    """The whole gateway: one child service per listener; stopping drains."""
 
     def __init__(self, config: GatewayConfig, listeners: dict[str, Listener]) -> None:
         super().__init__()
         self.config = config
         self.listeners = listeners
+        self.draining = False
+
+    def drain(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Stop accepting on every listener, let open connections finish for
+        C{timeout} (default: the config's C{drain_timeout}; 0: no limit), then
+        close the rest gracefully. Fires once no connection is left.
+        """
+        return ensureDeferred(self._drain(timeout))
+
+    async def _drain(self, timeout: float | None) -> None:
+        self.draining = True
+        wait = self.config.drain_timeout if timeout is None else timeout
+        await DeferredList(
+            [
+                d
+                for listener in self.listeners.values()
+                if (d := listener.service.stopService()) is not None
+            ]
+        )
+        await DeferredList([lsn.tracker.drain(wait) for lsn in self.listeners.values()])
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        async def stop() -> None:
+            await self._drain(None)
+            await super(GatewayService, self).stopService()
+
+        return ensureDeferred(stop())
 
 
 def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
@@ -56,17 +148,21 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
         connect_timeout=config.backend_connect_timeout,
         name=config.name,
     )
-    tls = TLSMemoryBIOFactory(contexts, False, RelayFactory(pool), clock=clock)
-    service = StreamServerEndpointService(serverFromString(reactor, config.listen), tls)
-    # Fail start-up loudly when the port cannot be bound, as operators expect.
-    service._raiseSynchronously = True
+    tracker = ConnectionTracker(
+        RelayFactory(pool),
+        config.limits,
+        clock,
+        name=config.name,
+        generation=lambda: contexts.generation,
+    )
+    contexts.listeners.append(tracker.certificate_changed)
+    tls = TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
+    service = ListenerService(serverFromString(reactor, config.listen), tls, tracker)
     service.setName(f"listener:{config.name}")
-    return Listener(config=config, contexts=contexts, pool=pool, service=service)
+    return Listener(config, contexts, pool, tracker, service)
 
 
-def build_service(
-    config: GatewayConfig, reactor: IReactorCore | None = None
-) -> IService:
+def build_service(config: GatewayConfig, reactor: IReactorCore | None = None) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
 
@@ -76,7 +172,7 @@ def build_service(
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        reactor = global_reactor  # type: ignore[assignment]
     assert reactor is not None
     listeners = {lc.name: build_listener(lc, reactor) for lc in config.listeners}
     gateway = GatewayService(config, listeners)

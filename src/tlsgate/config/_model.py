@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tlsgate.certs import TLSPolicy
+from tlsgate.tracker import Limits
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ListenerConfig:
     cert: str
     key: str | None = None
     tls: TLSPolicy = field(default_factory=TLSPolicy)
+    limits: Limits = field(default_factory=Limits)
     backend_connect_timeout: float = 5.0
 
 

@@ -18,8 +18,15 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 
 from tlsgate.certs import TLSPolicy, check_cipher_string
 from tlsgate.config._model import GatewayConfig, ListenerConfig
-from tlsgate.config._values import parse_bool, parse_choice, parse_duration
+from tlsgate.config._values import (
+    parse_bool,
+    parse_choice,
+    parse_duration,
+    parse_percent,
+    parse_positive_int,
+)
 from tlsgate.errors import ConfigError, ConfigErrors
+from tlsgate.tracker import Limits
 
 GATEWAY_KEYS = ("admin", "admin_token_file", "workers", "drain_timeout", "log_format")
 LISTENER_KEYS = (
@@ -41,14 +48,6 @@ NOT_YET: dict[str, str] = {
     **dict.fromkeys(("client_ca", "client_auth", "allow"), "client certificates"),
     "ocsp_response": "OCSP stapling",
     "alpn": "ALPN",
-    **dict.fromkeys(
-        (
-            "handshake_timeout", "idle_timeout", "max_lifetime", "lifetime_jitter",
-            "close_grace", "rotation_grace", "max_connections",
-            "max_connections_per_client",
-        ),
-        "connection limits",
-    ),
     "proxy_protocol": "the PROXY protocol",
     **dict.fromkeys(
         ("backend_tls", "backend_ca", "backend_server_name", "backend_cert",
@@ -253,6 +252,7 @@ def _parse_listener(
     before = len(errors.errors)
     values: dict[str, Any] = {}
     tls: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
 
     def path(text: str) -> str:
         if not text.strip():
@@ -269,6 +269,18 @@ def _parse_listener(
         "ciphers": (tls, "ciphers", _cipher_string),
         "session_resumption": (tls, "session_resumption", parse_bool),
         "session_timeout": (tls, "session_timeout", parse_duration),
+        "handshake_timeout": (limits, "handshake_timeout", parse_duration),
+        "idle_timeout": (limits, "idle_timeout", parse_duration),
+        "max_lifetime": (limits, "max_lifetime", parse_duration),
+        "lifetime_jitter": (limits, "lifetime_jitter", parse_percent),
+        "close_grace": (limits, "close_grace", parse_duration),
+        "rotation_grace": (limits, "rotation_grace", parse_duration),
+        "max_connections": (limits, "max_connections", parse_positive_int),
+        "max_connections_per_client": (
+            limits,
+            "max_connections_per_client",
+            parse_positive_int,
+        ),
     }
     for key, raw in items.items():
         if _unknown_or_not_yet(errors, section, key, LISTENER_KEYS):
@@ -282,7 +294,7 @@ def _parse_listener(
             errors.add("required key is missing", section, key)
     if len(errors.errors) != before:
         return None
-    return ListenerConfig(name=name, tls=TLSPolicy(**tls), **values)
+    return ListenerConfig(name=name, tls=TLSPolicy(**tls), limits=Limits(**limits), **values)
 
 
 def load_config(path: str) -> GatewayConfig:

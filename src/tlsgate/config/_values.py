@@ -19,8 +19,10 @@ def parse_duration(text: str) -> float:
     """
     Seconds from C{250ms}, C{30s}, C{5m}, C{2h}, C{1d} or a bare number.
 
-    C{0} means "no limit" to the caller; it is returned as C{0.0}.
+    C{0} (or C{off}) means "no limit" to the caller; it is returned as C{0.0}.
     """
+    if text.strip().lower() in ("off", "none"):
+        return 0.0
     m = _DURATION.match(text)
     if m is None:
         raise ValueError(

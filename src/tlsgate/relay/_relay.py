@@ -14,7 +14,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IHandshakeListener,
     IProtocol,
-    ITCPTransport,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -23,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsgate.relay._backends import BackendPool
+from tlsgate.tracker._limits import CloseReason
 
 #: Bytes the client may send between the handshake and the backend's accept.
 #: The client transport is paused then, so only what one read decrypted can
@@ -31,8 +31,12 @@ MAX_EARLY_BYTES = 256 * 1024
 
 
 def _no_delay(transport: ITransport | None) -> None:
-    if ITCPTransport.providedBy(transport):
-        transport.setTcpNoDelay(True)
+    """TCP_NODELAY where there is TCP under the (possibly wrapped) transport."""
+    try:
+        set_no_delay = transport.setTcpNoDelay  # type: ignore[union-attr]
+    except AttributeError:
+        return
+    set_no_delay(True)
 
 
 @implementer(IHandshakeListener)
@@ -49,6 +53,8 @@ class RelayProtocol(Protocol):
     backend: _BackendProtocol | None = None
     bytes_in = 0
     bytes_out = 0
+    #: Set when the backend side ended the connection; read by the tracker.
+    close_reason: CloseReason | None = None
 
     def __init__(self, pool: BackendPool, connect_after_handshake: bool = True) -> None:
         self.pool = pool
@@ -95,6 +101,7 @@ class RelayProtocol(Protocol):
         self._connecting = None
         if self._closed:
             return
+        self.close_reason = CloseReason.BACKEND_ERROR
         self._log.error(
             "{listener}: closing client {peer}: {why}",
             listener=self.pool.name,
@@ -102,6 +109,9 @@ class RelayProtocol(Protocol):
             why=reason.getErrorMessage(),
         )
         assert self.transport is not None
+        # Reading was paused for the backend; resume so the client's reply to
+        # close_notify (or its FIN) is seen and the connection can end.
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -130,6 +140,7 @@ class RelayProtocol(Protocol):
         self.backend = None
         if self._closed or self.transport is None:
             return
+        self.close_reason = CloseReason.BACKEND
         self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()
 

@@ -1,0 +1,13 @@
+"""
+Connection tracking: limits on how long connections may take, idle and live.
+
+Owns the handshake, idle and lifetime limits, graceful closes (quiet point,
+close_notify, abort after a grace), connection caps, closes on certificate
+rotation, draining, and the count of closes by reason.
+"""
+
+from tlsgate.tracker._connection import TrackedProtocol
+from tlsgate.tracker._limits import CloseReason, Limits
+from tlsgate.tracker._tracker import ConnectionInfo, ConnectionTracker
+
+__all__ = ["CloseReason", "ConnectionInfo", "ConnectionTracker", "Limits", "TrackedProtocol"]

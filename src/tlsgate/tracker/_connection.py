@@ -1,0 +1,289 @@
+"""
+One tracked connection: a thin layer between the TLS transport and the
+application protocol that enforces the limits and closes gracefully.
+
+It is the application protocol's transport (it forwards writes, producer
+calls and everything else), and the TLS layer's protocol (it forwards reads
+and the handshake notice). The per-chunk work is a flag and a counter; time
+is read only by the connection's one timer, never per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    IProtocol,
+    IPushProducer,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tlsgate.tracker._limits import CloseReason
+
+if TYPE_CHECKING:
+    from tlsgate.tracker._tracker import ConnectionTracker
+
+#: Idle time is checked in this many ticks per idle_timeout, so a connection
+#: is closed between 1 and 1.25 idle_timeouts after its last byte, and the
+#: per-chunk path only sets a flag.
+IDLE_TICKS = 4
+
+#: While closing gracefully, how often the connection is checked for a quiet
+#: point (nothing moved since the last look, and the last bytes went out).
+QUIET_INTERVAL = 0.05
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class TrackedProtocol(Protocol):
+    """
+    The tracker's wrapper around one application protocol.
+
+    @ivar generation: the certificate generation the connection was made under.
+    @ivar reason: why it closed (or is closing), once known.
+    """
+
+    def __init__(
+        self, tracker: ConnectionTracker, wrapped: IProtocol, peer: str | None,
+        generation: int,
+    ) -> None:  # fmt: skip
+        self.tracker = tracker
+        self.wrapped = wrapped
+        self.peer = peer
+        self.generation = generation
+        self.started = tracker.clock.seconds()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reason: CloseReason | None = None
+        self.closing = False
+        self.handshake_done = False
+        self._tls = False
+        self._active = False
+        self._last_out = True
+        self._quiet_ticks = 0
+        self._lifetime_at: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._rotation: IDelayedCall | None = None
+        self._finished = False
+        self._aborting = False
+
+    # -- the TLS layer's side ----------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self._tls = INegotiated.providedBy(self.transport)
+        self.wrapped.makeConnection(self)  # type: ignore[arg-type]
+        timeout = self.tracker.limits.handshake_timeout
+        if self._tls and timeout:
+            self._timer = self.tracker.clock.callLater(timeout, self._handshake_expired)
+        elif not self._tls:
+            self._begin()
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        self._cancel_timer()
+        self._begin()
+        if IHandshakeListener.providedBy(self.wrapped):
+            self.wrapped.handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._active = True
+        self._last_out = False
+        self.bytes_in += len(data)
+        if not self._finished:
+            self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        if self._rotation is not None and self._rotation.active():
+            self._rotation.cancel()
+        if self.reason is None:
+            self.reason = self._reason_from(reason)
+        self.tracker._forget(self)
+        self.wrapped.connectionLost(reason)
+
+    def _reason_from(self, reason: Failure) -> CloseReason:
+        told = getattr(self.wrapped, "close_reason", None)
+        if isinstance(told, CloseReason):
+            return told
+        if reason.check(SSL.Error) or (self._tls and not self.handshake_done):
+            return CloseReason.TLS_ERROR
+        return CloseReason.CLIENT
+
+    # -- the application protocol's transport ------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._active = True
+        self._last_out = True
+        self.bytes_out += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """The application closes: flush, close_notify, and bound the wait."""
+        transport: Any = self.transport
+        transport.loseConnection()
+        # Read on, so the client's close_notify or FIN is seen, and abort if
+        # it never comes: a closing connection must not live forever.
+        transport.resumeProducing()
+        self._arm_abort()
+
+    def abortConnection(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        # While closing, reads stay paused whatever the backend's buffer says:
+        # no new request may start on a connection that is going away.
+        if not self.closing:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def __getattr__(self, name: str) -> Any:
+        transport = self.__dict__.get("transport")
+        if transport is None:
+            raise AttributeError(name)
+        return getattr(transport, name)
+
+    # -- limits ------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _begin(self) -> None:
+        """Start the idle and lifetime clocks (after the handshake, for TLS)."""
+        limits = self.tracker.limits
+        if limits.max_lifetime:
+            spread = 1 - limits.lifetime_jitter * self.tracker.random()
+            self._lifetime_at = self.started + limits.max_lifetime * spread
+        self._schedule()
+
+    def _schedule(self) -> None:
+        clock = self.tracker.clock
+        now = clock.seconds()
+        idle = self.tracker.limits.idle_timeout
+        at = now + idle / IDLE_TICKS if idle else None
+        if self._lifetime_at is not None and (at is None or self._lifetime_at < at):
+            at = self._lifetime_at
+        if at is not None:
+            self._timer = clock.callLater(max(0.0, at - now), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self.tracker.clock.seconds()
+        if self._lifetime_at is not None and now >= self._lifetime_at:
+            self.close_gracefully(CloseReason.LIFETIME)
+            return
+        if self.tracker.limits.idle_timeout:
+            if self._active:
+                self._active = False
+                self._quiet_ticks = 0
+            else:
+                self._quiet_ticks += 1
+                if self._quiet_ticks >= IDLE_TICKS:
+                    self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
+                    return
+        self._schedule()
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        self.reason = CloseReason.HANDSHAKE_TIMEOUT
+        self.closing = True
+        self.abortConnection()
+
+    @property
+    def idle_seconds(self) -> float | None:
+        """A lower bound on the time since the last byte, at tick granularity."""
+        idle = self.tracker.limits.idle_timeout
+        if not idle:
+            return None
+        return 0.0 if self._active else self._quiet_ticks * idle / IDLE_TICKS
+
+    # -- graceful close ----------------------------------------------------
+
+    def close_gracefully(self, reason: CloseReason, *, quiet: bool = False) -> None:
+        """
+        Close without cutting anything short: stop reading the client, wait for
+        a quiet point (bytes already received answered and flushed), send
+        close_notify, and abort if the client has not finished by C{close_grace}.
+
+        @param quiet: the connection is known to be quiet (idle), skip the wait.
+        """
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self.reason = reason
+        self._cancel_timer()
+        if self._tls and not self.handshake_done:
+            self.abortConnection()
+            return
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        grace = self.tracker.limits.close_grace
+        self._quiet_deadline = self.tracker.clock.seconds() + grace
+        if quiet:
+            self._finish()
+            return
+        self._active = False
+        self._timer = self.tracker.clock.callLater(
+            min(QUIET_INTERVAL, grace) if grace else QUIET_INTERVAL, self._quiet_check
+        )
+
+    def _quiet_check(self) -> None:
+        self._timer = None
+        now = self.tracker.clock.seconds()
+        grace = self.tracker.limits.close_grace
+        if (not self._active and self._last_out) or (grace and now >= self._quiet_deadline):
+            self._finish()
+            return
+        self._active = False
+        self._timer = self.tracker.clock.callLater(QUIET_INTERVAL, self._quiet_check)
+
+    def _finish(self) -> None:
+        """Flush, send close_notify, and let the client answer for close_grace."""
+        self._finished = True
+        transport: Any = self.transport
+        # The TLS layer waits for its producer to go before close_notify;
+        # reading resumes so the client's own close_notify is seen.
+        transport.unregisterProducer()
+        transport.loseConnection()
+        transport.resumeProducing()
+        self._arm_abort()
+
+    def _arm_abort(self) -> None:
+        grace = self.tracker.limits.close_grace
+        if grace and not self._aborting:
+            self._aborting = True
+            self._cancel_timer()
+            self._timer = self.tracker.clock.callLater(grace, self.abortConnection)
+
+    def schedule_rotation_close(self, delay: float) -> None:
+        if self._rotation is None and not self.closing:
+            self._rotation = self.tracker.clock.callLater(
+                delay, self.close_gracefully, CloseReason.ROTATION
+            )

@@ -1,0 +1,270 @@
+"""
+The connection tracker: a protocol factory wrapper that enforces handshake,
+idle and lifetime limits, connection caps, certificate-rotation closes and
+drains, and counts every close with its reason.
+
+Put it inside the TLS layer, around the application factory:
+
+    TLSMemoryBIOFactory(contexts, False, ConnectionTracker(app, limits, clock))
+
+so that its graceful closes send close_notify and it hears the handshake.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from tlsgate.certs import CertificateState
+from tlsgate.tracker._connection import TrackedProtocol
+from tlsgate.tracker._limits import CloseReason, Limits
+
+
+class _Refused(Protocol):
+    """Closes a connection the tracker will not take, as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One live connection, for the admin endpoint and logs."""
+
+    peer: str | None
+    age: float
+    idle: float | None
+    bytes_in: int
+    bytes_out: int
+    generation: int
+    sni: str | None
+    closing: bool
+
+
+@implementer(IProtocolFactory)
+class ConnectionTracker:
+    """
+    Wraps any C{IProtocolFactory} with connection limits and bookkeeping.
+
+    @param generation: the current certificate generation (e.g.
+        C{lambda: contexts.generation}); each connection remembers it.
+    @ivar port: the listening port, when known, so that C{max_connections}
+        pauses accepting instead of refusing (set by the service builder).
+    @ivar closed: closes so far, by reason.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        wrapped: IProtocolFactory,
+        limits: Limits | None = None,
+        clock: IReactorTime | None = None,
+        *,
+        name: str = "default",
+        generation: Callable[[], int] = lambda: 0,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        assert clock is not None
+        self.wrapped = wrapped
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.name = name
+        self.generation = generation
+        self.random = random
+        self.port: IListeningPort | None = None
+        self.connections: set[TrackedProtocol] = set()
+        self.accepted = 0
+        self.closed: Counter[CloseReason] = Counter()
+        self._per_client: Counter[str] = Counter()
+        self._accept_paused = False
+        self._draining = False
+        self._waiters: list[Deferred[None]] = []
+        self._drain_call: IDelayedCall | None = None
+
+    # -- IProtocolFactory --------------------------------------------------
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        return f"tlsgate:{self.name}"
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        host: str | None = getattr(addr, "host", None)
+        refusal = self._refusal(host)
+        if refusal is not None:
+            self.closed[refusal] += 1
+            return _Refused()
+        wrapped = self.wrapped.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        protocol = TrackedProtocol(self, wrapped, host, self.generation())
+        self.connections.add(protocol)
+        self.accepted += 1
+        if host is not None:
+            self._per_client[host] += 1
+        cap = self.limits.max_connections
+        if cap and len(self.connections) >= cap:
+            self._pause_accepting()
+        return protocol
+
+    def _refusal(self, host: str | None) -> CloseReason | None:
+        if self._draining:
+            return CloseReason.DRAIN
+        cap = self.limits.max_connections
+        if cap and len(self.connections) >= cap:
+            # Only reached when the port cannot pause accepting.
+            return CloseReason.LIMIT
+        per_client = self.limits.max_connections_per_client
+        if per_client and host is not None and self._per_client[host] >= per_client:
+            self._log.info(
+                "{listener}: refusing {peer}: {count} connections from it already",
+                listener=self.name,
+                peer=host,
+                count=self._per_client[host],
+            )
+            return CloseReason.LIMIT
+        return None
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _forget(self, protocol: TrackedProtocol) -> None:
+        self.connections.discard(protocol)
+        if protocol.peer is not None:
+            left = self._per_client[protocol.peer] - 1
+            if left > 0:
+                self._per_client[protocol.peer] = left
+            else:
+                del self._per_client[protocol.peer]
+        assert protocol.reason is not None
+        self.closed[protocol.reason] += 1
+        if self._accept_paused and len(self.connections) < self.limits.max_connections:
+            self._resume_accepting()
+        if self._draining and not self.connections:
+            self._drained()
+
+    def _pause_accepting(self) -> None:
+        stop = getattr(self.port, "stopReading", None)
+        if stop is not None and not self._accept_paused:
+            stop()
+            self._accept_paused = True
+            self._log.warn(
+                "{listener}: {count} connections open (max_connections); not"
+                " accepting until one closes",
+                listener=self.name,
+                count=len(self.connections),
+            )
+
+    def _resume_accepting(self) -> None:
+        start = getattr(self.port, "startReading", None)
+        if start is not None:
+            start()
+        self._accept_paused = False
+
+    def snapshot(self) -> list[ConnectionInfo]:
+        """The live connections, oldest first."""
+        now = self.clock.seconds()
+        out = []
+        for c in sorted(self.connections, key=lambda c: c.started):
+            sni = None
+            handle = getattr(c.transport, "getHandle", None)
+            if c.handshake_done and handle is not None:
+                name = getattr(handle(), "get_servername", lambda: None)()
+                sni = name.decode("ascii", "replace") if name else None
+            out.append(
+                ConnectionInfo(
+                    peer=c.peer, age=now - c.started, idle=c.idle_seconds,
+                    bytes_in=c.bytes_in, bytes_out=c.bytes_out,
+                    generation=c.generation, sni=sni, closing=c.closing,
+                )
+            )  # fmt: skip
+        return out
+
+    def by_generation(self) -> Counter[int]:
+        """How many live connections were made under each certificate generation."""
+        return Counter(c.generation for c in self.connections)
+
+    # -- certificate rotation ----------------------------------------------
+
+    def certificate_changed(self, state: CertificateState) -> None:
+        """
+        With C{rotation_grace}, close connections made under older certificates,
+        each at a random moment within the grace period.
+        """
+        grace = self.limits.rotation_grace
+        if not grace:
+            return
+        older = [c for c in self.connections if c.generation < state.generation]
+        if older:
+            self._log.info(
+                "{listener}: certificate generation {generation}: closing {count}"
+                " older connections within {grace}s",
+                listener=self.name,
+                generation=state.generation,
+                count=len(older),
+                grace=grace,
+            )
+        for c in older:
+            c.schedule_rotation_close(grace * self.random())
+
+    # -- drain -------------------------------------------------------------
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Refuse new connections, let open ones finish for C{timeout} seconds
+        (0: no limit), then close the rest gracefully.
+
+        @return: fires when no connection is left.
+        """
+        if not self._draining:
+            self._draining = True
+            if self.connections and timeout:
+                self._drain_call = self.clock.callLater(timeout, self._drain_expired)
+            self._log.info(
+                "{listener}: draining {count} connections (up to {timeout}s)",
+                listener=self.name,
+                count=len(self.connections),
+                timeout=timeout,
+            )
+        waiter: Deferred[None] = Deferred()
+        if not self.connections:
+            waiter.callback(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _drain_expired(self) -> None:
+        self._drain_call = None
+        for c in list(self.connections):
+            c.close_gracefully(CloseReason.DRAIN)
+
+    def _drained(self) -> None:
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.callback(None)
