@@ -71,7 +71,7 @@ class ListenerService(Service):
             self.tracker.port = port
         return port
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         port, self.port = self.port, None
         if self.tracker is not None:
@@ -124,7 +124,7 @@ class GatewayService(MultiService):
         )
         await DeferredList([lsn.tracker.drain(wait) for lsn in self.listeners.values()])
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         async def stop() -> None:
             await self._drain(None)
             await super(GatewayService, self).stopService()
@@ -162,7 +162,9 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     return Listener(config, contexts, pool, tracker, service)
 
 
-def build_service(config: GatewayConfig, reactor: IReactorCore | None = None) -> IService:
+def build_service(
+    config: GatewayConfig, reactor: IReactorCore | None = None
+) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
 
@@ -172,7 +174,7 @@ def build_service(config: GatewayConfig, reactor: IReactorCore | None = None) ->
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     assert reactor is not None
     listeners = {lc.name: build_listener(lc, reactor) for lc in config.listeners}
     gateway = GatewayService(config, listeners)

@@ -294,7 +294,9 @@ def _parse_listener(
             errors.add("required key is missing", section, key)
     if len(errors.errors) != before:
         return None
-    return ListenerConfig(name=name, tls=TLSPolicy(**tls), limits=Limits(**limits), **values)
+    return ListenerConfig(
+        name=name, tls=TLSPolicy(**tls), limits=Limits(**limits), **values
+    )
 
 
 def load_config(path: str) -> GatewayConfig:

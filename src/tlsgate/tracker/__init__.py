@@ -10,4 +10,10 @@ from tlsgate.tracker._connection import TrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
 from tlsgate.tracker._tracker import ConnectionInfo, ConnectionTracker
 
-__all__ = ["CloseReason", "ConnectionInfo", "ConnectionTracker", "Limits", "TrackedProtocol"]
+__all__ = [
+    "CloseReason",
+    "ConnectionInfo",
+    "ConnectionTracker",
+    "Limits",
+    "TrackedProtocol",
+]

@@ -95,7 +95,10 @@ class TrackedProtocol(Protocol):
         self._active = True
         self._last_out = False
         self.bytes_in += len(data)
-        if not self._finished:
+        # Once a graceful close began, no new request may start: bytes the
+        # client sends now are not forwarded (the client sees the close
+        # instead of an answer, never half an answer).
+        if not self.closing:
             self.wrapped.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -129,10 +132,10 @@ class TrackedProtocol(Protocol):
     def loseConnection(self) -> None:
         """The application closes: flush, close_notify, and bound the wait."""
         transport: Any = self.transport
-        transport.loseConnection()
         # Read on, so the client's close_notify or FIN is seen, and abort if
         # it never comes: a closing connection must not live forever.
         transport.resumeProducing()
+        transport.loseConnection()
         self._arm_abort()
 
     def abortConnection(self) -> None:
@@ -258,7 +261,9 @@ class TrackedProtocol(Protocol):
         self._timer = None
         now = self.tracker.clock.seconds()
         grace = self.tracker.limits.close_grace
-        if (not self._active and self._last_out) or (grace and now >= self._quiet_deadline):
+        if (not self._active and self._last_out) or (
+            grace and now >= self._quiet_deadline
+        ):
             self._finish()
             return
         self._active = False
@@ -271,8 +276,8 @@ class TrackedProtocol(Protocol):
         # The TLS layer waits for its producer to go before close_notify;
         # reading resumes so the client's own close_notify is seen.
         transport.unregisterProducer()
-        transport.loseConnection()
         transport.resumeProducing()
+        transport.loseConnection()
         self._arm_abort()
 
     def _arm_abort(self) -> None:

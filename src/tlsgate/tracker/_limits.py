@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class CloseReason(str, Enum):
+class CloseReason(StrEnum):
     """
     Why a connection ended: the C{reason} label of
     C{tlsgate_connections_closed_total}.

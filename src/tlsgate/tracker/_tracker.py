@@ -83,7 +83,7 @@ class ConnectionTracker:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         assert clock is not None
         self.wrapped = wrapped
         self.limits = limits or Limits()
