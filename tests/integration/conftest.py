@@ -26,6 +26,7 @@ import pytest
 import trustme
 
 from tests.helpers import Pair, make_pair, write
+from tlsgate.config._parser import GATEWAY_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -145,17 +146,21 @@ class Site:
             "key": str(self.key),
             **extra,
         }
+        gateway = {k: lines.pop(k) for k in list(lines) if k in GATEWAY_KEYS}
         path = self.tmp / "gateway.ini"
-        path.write_text(
-            "[listener:web]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
-        )
+        text = "[gateway]\n" + "".join(f"{k} = {v}\n" for k, v in gateway.items())
+        text += "[listener:web]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
+        path.write_text(text)
         return path
 
     def start(self, **extra: str) -> GatewayProcess:
         self.gateway = GatewayProcess(
             self.tmp, ["tlsgate", "--config", str(self.ini(**extra))]
         )
-        wait_for_port(self.port, self.gateway.proc)
+        try:
+            wait_for_port(self.port, self.gateway.proc)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.gateway.log}") from None
         return self.gateway
 
     def client_context(self) -> ssl.SSLContext:
