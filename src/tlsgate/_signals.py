@@ -36,8 +36,16 @@ def install_stop_handlers(
         )
         threads.callFromThread(stopper)
 
+    def hangup(number: int, frame: FrameType | None) -> None:
+        # Until config reloads exist, SIGHUP must not end the gateway (its
+        # default action), since operators and logrotate send it routinely.
+        _log.warn(
+            "Received SIGHUP: re-reading the config is not supported yet; ignored."
+        )
+
     def install() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
+        signal.signal(signal.SIGHUP, hangup)
 
     reactor.callWhenRunning(install)

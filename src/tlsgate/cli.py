@@ -98,7 +98,8 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
                 key_path=listener.key,
             )
         except CertificateError as e:
-            print(f"error: {where} cert: {e}", file=out)
+            key = "key" if listener.key and e.paths == (listener.key,) else "cert"
+            print(f"error: {where} {key}: {e}", file=out)
             problems += 1
             continue
         print(f"{listener.name}: {listener.cert}: {describe(material, now)}", file=out)

@@ -66,5 +66,9 @@ class CertificateError(TlsgateError):
         super().__init__(f"{', '.join(self.paths)}: {message}")
 
 
+class ListenError(TlsgateError):
+    """A listener could not bind its endpoint."""
+
+
 class BackendUnavailable(TlsgateError):
     """No backend of a listener accepted a connection."""

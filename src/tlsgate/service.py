@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.config import GatewayConfig, ListenerConfig
+from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import ConnectionTracker
 
@@ -36,8 +37,10 @@ class ListenerService(Service):
     Listens on one endpoint while running, and hands the port to the tracker
     so that C{max_connections} can pause accepting.
 
-    A port that cannot be bound fails C{startService} at once (twistd then
-    exits with the reason) rather than logging an unhandled error.
+    It binds in C{privilegedStartService}, before twistd drops privileges
+    (C{-u}/C{-g}), so ports below 1024 work as with Twisted's own services. A
+    port that cannot be bound raises L{ListenError} at once, naming the
+    endpoint, rather than logging an unhandled error later.
     """
 
     def __init__(
@@ -45,25 +48,37 @@ class ListenerService(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
         tracker: ConnectionTracker | None = None,
+        description: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.tracker = tracker
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
+        self.description = description or repr(endpoint)
 
     @property
     def listening(self) -> bool:
         return self.port is not None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
     def startService(self) -> None:
         super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
         d = self.endpoint.listen(self.factory)
         self._listening = d
         failures: list[Failure] = []
         d.addCallbacks(self._listened, failures.append)
         if failures:
-            failures[0].raiseException()
+            raise ListenError(
+                f"cannot listen on {self.description}: {failures[0].getErrorMessage()}"
+            )
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -77,10 +92,12 @@ class ListenerService(Service):
         if self.tracker is not None:
             self.tracker.port = None
         if port is not None:
+            self._listening = None
             result = port.stopListening()
             return result if isinstance(result, Deferred) else None
         if self._listening is not None:
             self._listening.cancel()
+        self._listening = None
         return None
 
 
@@ -157,7 +174,9 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     )
     contexts.listeners.append(tracker.certificate_changed)
     tls = TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
-    service = ListenerService(serverFromString(reactor, config.listen), tls, tracker)
+    service = ListenerService(
+        serverFromString(reactor, config.listen), tls, tracker, config.listen
+    )
     service.setName(f"listener:{config.name}")
     return Listener(config, contexts, pool, tracker, service)
 

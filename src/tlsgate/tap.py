@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
@@ -42,9 +42,23 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     """Build the gateway from parsed options (called by twistd)."""
     from twisted.internet import reactor
 
-    service = service_for(options, reactor)
+    service = _ExitOnStartError()
+    service_for(options, reactor).setServiceParent(service)
     install_stop_handlers(reactor)
     return service
+
+
+class _ExitOnStartError(MultiService):
+    """
+    Under twistd, a listener that cannot bind ends the process with the
+    reason and exit status 1, not a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except TlsgateError as e:
+            raise SystemExit(f"tlsgate: cannot start: {e}") from None
 
 
 def service_for(

@@ -180,6 +180,15 @@ def test_tlsgate_check_console_script(site: Site) -> None:
     assert version.stdout.strip().startswith("tlsgate ")
 
 
+def test_runnable_service_embedding_example(tmp_path: Path) -> None:
+    """docs/examples/embed_service.py builds the service in code and relays through it."""
+    example = REPO / "docs" / "examples" / "embed_service.py"
+    out = subprocess.run([sys.executable, str(example)], cwd=tmp_path,
+                         capture_output=True, text=True, env=source_env(), timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "echoed through tlsgate" in out.stdout
+
+
 def test_runnable_embedding_example(tmp_path: Path) -> None:
     """docs/examples/listen_ssl.py runs as documented and serves through listenSSL."""
     example = REPO / "docs" / "examples" / "listen_ssl.py"
@@ -187,3 +196,24 @@ def test_runnable_embedding_example(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=source_env(), timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "generation 1" in out.stdout and "generation 2" in out.stdout
+
+
+def test_busy_port_stops_start_up_cleanly(site: Site) -> None:
+    """A port already in use ends twistd with the endpoint named, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", site.port))
+        taken.listen()
+        gateway = GatewayProcess(site.tmp, ["tlsgate", "--config", str(site.ini())])
+        assert gateway.proc.wait(60) != 0
+        gateway.stop()
+    assert f"cannot listen on tcp:{site.port}:interface=127.0.0.1" in gateway.log
+    assert "Traceback" not in gateway.log
+
+
+def test_sighup_does_not_end_the_gateway(site: Site) -> None:
+    """Until config reloads exist, SIGHUP is logged and ignored, never fatal."""
+    gateway = site.start()
+    gateway.proc.send_signal(signal.SIGHUP)
+    assert site.served() == site.first.fingerprint
+    assert gateway.proc.poll() is None
+    assert "SIGHUP" in gateway.log

@@ -76,6 +76,17 @@ def test_check_reports_config_errors(tmp_path: Path) -> None:
     )
 
 
+def test_a_broken_key_file_is_reported_under_key(tmp_path: Path) -> None:
+    write(tmp_path / "web.pem", make_pair(trustme.CA()).chain)
+    write(tmp_path / "web.key", b"not a key")
+    out = io.StringIO()
+    assert check(str(config(tmp_path)), out) == EXIT_PROBLEMS
+    assert (
+        f"[listener:web] key: {tmp_path / 'web.key'}: key file holds no PEM"
+        in out.getvalue()
+    )
+
+
 def test_mismatched_pair_is_an_error(tmp_path: Path) -> None:
     ca = trustme.CA()
     write(tmp_path / "web.pem", make_pair(ca).chain)

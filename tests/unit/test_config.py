@@ -137,7 +137,7 @@ def test_no_listener_is_an_error() -> None:
     [
         ("listen", "ssl:8443", "is a TLS endpoint"),
         ("listen", "bogus:1", "not a server endpoint description"),
-        ("backend", "tls:example.com:443", "use backend_tls = on"),
+        ("backend", "tls:example.com:443", "is a TLS endpoint"),
         ("backend", "tcp:onlyhost", "not a client endpoint description"),
         ("ciphers", "NOTACIPHER", "accepts no cipher"),
         ("session_resumption", "sometimes", "not on or off"),
@@ -173,3 +173,12 @@ def test_load_config_names_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as raised:
         load_config(str(tmp_path / "missing.ini"))
     assert "missing.ini: cannot read the file" in str(raised.value)
+
+
+def test_systemd_listen_is_accepted_outside_socket_activation() -> None:
+    """systemd: endpoints are only usable under socket activation; check must not fail."""
+    config = parse_config(
+        GOOD.replace("tcp:8443:interface=127.0.0.1", "systemd:domain=INET:index=0"),
+        file="/etc/tlsgate/gateway.ini",
+    )
+    assert config.listeners[0].listen == "systemd:domain=INET:index=0"

@@ -473,3 +473,61 @@ def test_policy_min_version_13_refuses_tls12(files: Any, clock: Clock) -> None:
         else:
             with pytest.raises(SSL.Error, match="unsupported protocol"):
                 handshake(client, server)
+
+
+def test_a_failing_change_listener_does_not_break_the_swap(
+    files: Any, clock: Clock, ca: trustme.CA
+) -> None:
+    """A listener's exception is logged; later listeners still hear; the swap holds."""
+    cert, key, _ = files
+    factory = make_factory(cert, key, clock)
+    heard: list[int] = []
+
+    def broken(state: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    factory.listeners += [broken, lambda s: heard.append(s.generation)]
+    new = make_pair(ca)
+    write_atomically(key, new.key)
+    write_atomically(cert, new.chain)
+    with capturedLogs() as events:
+        assert served(factory) == new.fingerprint
+    assert heard == [2]
+    assert any(e.get("log_failure") for e in events)
+
+
+def test_future_mtime_is_not_racy(
+    files: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file dated in the future (clock skew) is not re-read on every connection."""
+    cert, key, _ = files
+    future = int(clock.now + 3600e9)
+    os.utime(cert, ns=(future, future))
+    os.utime(key, ns=(future, future))
+    factory = make_factory(cert, key, clock)
+    monkeypatch.setattr(_reloading, "read_file", lambda p: pytest.fail("re-read"))
+    factory.getContext()
+
+
+def test_racy_files_that_become_unreadable_are_not_a_failed_reload(
+    files: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unchanged stamps that cannot be re-verified are trusted, not counted as errors."""
+    cert, key, _ = files
+    clock.now = os.stat(cert).st_mtime_ns + 1000
+    factory = make_factory(cert, key, clock)
+    from tlsgate.certs._stamps import FileRead
+
+    monkeypatch.setattr(
+        _reloading, "read_file", lambda p: FileRead(p, None, "Permission denied")
+    )
+    factory.getContext()
+    assert factory.reloads_failed == 0 and factory.state.last_error is None
+
+
+def test_session_timeout_zero_means_no_limit(files: Any, clock: Clock) -> None:
+    cert, key, _ = files
+    factory = make_factory(cert, key, clock, policy=TLSPolicy(session_timeout=0))
+    assert factory.getContext().get_timeout() == 0x7FFFFFFF
+    factory = make_factory(cert, key, clock, policy=TLSPolicy(session_timeout=0.25))
+    assert factory.getContext().get_timeout() == 1

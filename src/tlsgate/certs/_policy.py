@@ -8,6 +8,7 @@ no compression, no renegotiation, the server's cipher order, X25519/P-256.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -99,7 +100,9 @@ def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Conte
     ctx.set_session_id(secrets.token_hex(8).encode("ascii"))
     if policy.session_resumption:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-        ctx.set_timeout(max(1, int(policy.session_timeout)))
+        # 0 means "no limit": OpenSSL's largest timeout; fractions round up.
+        timeout = policy.session_timeout
+        ctx.set_timeout(math.ceil(timeout) if timeout else 0x7FFFFFFF)
     else:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         # With no cache, TLS 1.3 "stateful" tickets name sessions nobody

@@ -169,6 +169,11 @@ class ReloadingContextFactory:
         reads = [read_file(p) for p in self._paths]
         now = self._wallclock()
         snapshot = Snapshot.take(stamps, reads, now)
+        if stamps == self._seen.stamps and any(r.content is None for r in reads):
+            # Racy stamps, but the files cannot be read again (e.g. permissions
+            # after twistd dropped privileges): nothing says they changed.
+            self._seen = Snapshot(self._seen.stamps, self._seen.digests, False)
+            return self._context
         if snapshot.digests == self._seen.digests and stamps == self._seen.stamps:
             # Racy stamps, same content: keep checking only while still racy.
             self._seen = snapshot
@@ -235,7 +240,14 @@ class ReloadingContextFactory:
             )
         state = self.state
         for listener in list(self.listeners):
-            listener(state)
+            try:
+                listener(state)
+            except Exception:
+                # A listener's bug must not fail the connection that found
+                # the new files, nor keep the other listeners from hearing.
+                self._log.failure(
+                    "{listener}: certificate change listener failed", listener=self.name
+                )
 
     def _fail(self, error: CertificateError) -> None:
         self.reloads_failed += 1

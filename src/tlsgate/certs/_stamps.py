@@ -71,8 +71,10 @@ class Snapshot:
     """
     The stamps and content hashes of a set of files, taken together.
 
-    C{racy} is set when some file's mtime was within L{RACY_WINDOW_NS} of the
-    read, so identical stamps later do not prove identical content.
+    C{racy} is set when some file's mtime was within L{RACY_WINDOW_NS} before
+    the read, so identical stamps later do not prove identical content. An
+    mtime in the future is clock skew, not a same-tick write, and is trusted
+    (else every connection would re-read until the clock caught up).
     """
 
     stamps: tuple[Stamp | None, ...]
@@ -90,6 +92,7 @@ class Snapshot:
             stamps=stamps,
             digests=tuple(r.digest for r in reads),
             racy=any(
-                s is not None and read_at_ns - s[3] < RACY_WINDOW_NS for s in stamps
+                s is not None and 0 <= read_at_ns - s[3] < RACY_WINDOW_NS
+                for s in stamps
             ),
         )

@@ -113,6 +113,10 @@ def _check_server_endpoint(text: str) -> str:
             f"{text!r} is a TLS endpoint; give a plain one (tcp:, unix:, systemd:),"
             " tlsgate adds TLS itself"
         )
+    if kind == "systemd":
+        # Twisted reads the inherited descriptors when it parses these; outside
+        # socket activation (tlsgate check, a shell) there are none to read.
+        return text
     try:
         serverFromString(_NoReactor(), text)
     except Exception as e:  # endpoint parsers raise many kinds
@@ -128,7 +132,10 @@ def _check_client_endpoints(text: str) -> tuple[str, ...]:
         raise ValueError("no backend given")
     for d in descriptions:
         if d.split(":", 1)[0].strip().lower() in _TLS_ENDPOINTS:
-            raise ValueError(f"{d!r} is a TLS endpoint; use backend_tls = on instead")
+            raise ValueError(
+                f"{d!r} is a TLS endpoint; give a plain one (TLS to backends,"
+                " backend_tls = on, is not supported yet)"
+            )
         try:
             clientFromString(_NoReactor(), d)
         except Exception as e:
