@@ -139,13 +139,13 @@ def test_completed_handshake_cancels_the_timeout_and_reaches_the_app() -> None:
 
 
 def test_idle_connection_is_closed_gracefully_after_idle_timeout() -> None:
-    """No byte either way for idle_timeout: close_notify, within 1.25 x idle_timeout."""
+    """No byte either way for idle_timeout: close_notify, never early, within 1 s late."""
     clock = Clock()
     tracker = tracker_for(clock, idle_timeout=100)
     protocol, transport = connect(tracker)
-    run(clock, 99)
+    run(clock, 99.5)
     assert not transport.disconnecting
-    run(clock, 2)
+    run(clock, 1.5)  # within one resolution tick (1 s) of the deadline
     assert transport.disconnecting and not transport.aborted  # close_notify sent
     close(protocol)
     assert tracker.closed == {CloseReason.IDLE_TIMEOUT: 1}
@@ -175,11 +175,38 @@ def test_idle_connections_cost_no_timers_without_limits() -> None:
 
 
 def test_one_timer_per_connection_with_limits() -> None:
+    """One deadline per connection, plus the tracker's one coarse clock."""
     clock = Clock()
     tracker = tracker_for(clock, idle_timeout=300, max_lifetime=3600)
     for _ in range(100):
         connect(tracker)
-    assert len(clock.getDelayedCalls()) == 100
+    assert len(clock.getDelayedCalls()) == 101
+
+
+def test_idle_connections_wake_once_when_due() -> None:
+    """An idle connection's timer fires only at its deadline: no periodic calls."""
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=300, close_grace=0)
+    protocols = [connect(tracker)[0] for _ in range(50)]
+    fired: list[float] = []
+    for p in protocols:
+        real = p._tick
+        p._tick = lambda real=real: (fired.append(clock.seconds()), real())[1]  # type: ignore[method-assign]
+        p._cancel_timer()
+        p._schedule()
+    run(clock, 299)
+    assert fired == []
+    run(clock, 2.5)
+    assert len(fired) == 50 and all(p.closing for p in protocols)
+
+
+def test_coarse_clock_stops_when_no_connection_is_left() -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=10)
+    p, _ = connect(tracker)
+    close(p)
+    run(clock, 2)
+    assert clock.getDelayedCalls() == []
 
 
 def test_lifetime_closes_a_busy_connection_with_jitter() -> None:
@@ -363,6 +390,7 @@ def test_snapshot_lists_live_connections() -> None:
     clock.advance(7)
     (info,) = tracker.snapshot()
     assert info.peer == "192.0.2.9" and info.age == 7 and info.bytes_in == 5
+    assert info.idle == 7
     assert info.generation == 0 and not info.closing
 
 

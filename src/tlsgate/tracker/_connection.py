@@ -4,8 +4,13 @@ application protocol that enforces the limits and closes gracefully.
 
 It is the application protocol's transport (it forwards writes, producer
 calls and everything else), and the TLS layer's protocol (it forwards reads
-and the handshake notice). The per-chunk work is a flag and a counter; time
-is read only by the connection's one timer, never per chunk.
+and the handshake notice).
+
+The per-chunk work is three attribute stores and a byte count: the idle
+clock is reset by copying the tracker's coarse clock (a float the tracker
+refreshes once per resolution tick, while it has connections), so no chunk
+reads the time or allocates for it. Each connection has at most one timer,
+set for its next deadline; an idle connection wakes once, when it is due.
 """
 
 from __future__ import annotations
@@ -28,11 +33,6 @@ from tlsgate.tracker._limits import CloseReason
 
 if TYPE_CHECKING:
     from tlsgate.tracker._tracker import ConnectionTracker
-
-#: Idle time is checked in this many ticks per idle_timeout, so a connection
-#: is closed between 1 and 1.25 idle_timeouts after its last byte, and the
-#: per-chunk path only sets a flag.
-IDLE_TICKS = 4
 
 #: While closing gracefully, how often the connection is checked for a quiet
 #: point (nothing moved since the last look, and the last bytes went out).
@@ -65,7 +65,7 @@ class TrackedProtocol(Protocol):
         self._tls = False
         self._active = False
         self._last_out = True
-        self._quiet_ticks = 0
+        self._last = tracker.now
         self._lifetime_at: float | None = None
         self._timer: IDelayedCall | None = None
         self._rotation: IDelayedCall | None = None
@@ -92,6 +92,7 @@ class TrackedProtocol(Protocol):
             self.wrapped.handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:
+        self._last = self.tracker.now
         self._active = True
         self._last_out = False
         self.bytes_in += len(data)
@@ -121,6 +122,7 @@ class TrackedProtocol(Protocol):
     # -- the application protocol's transport ------------------------------
 
     def write(self, data: bytes) -> None:
+        self._last = self.tracker.now
         self._active = True
         self._last_out = True
         self.bytes_out += len(data)
@@ -187,15 +189,21 @@ class TrackedProtocol(Protocol):
             self._lifetime_at = self.started + limits.max_lifetime * spread
         self._schedule()
 
+    def _idle_due(self) -> float | None:
+        """When silence since the last byte reaches idle_timeout (never early)."""
+        idle = self.tracker.limits.idle_timeout
+        if not idle:
+            return None
+        # _last may lag the real last byte by up to one resolution tick.
+        return self._last + idle + self.tracker.resolution
+
     def _schedule(self) -> None:
         clock = self.tracker.clock
-        now = clock.seconds()
-        idle = self.tracker.limits.idle_timeout
-        at = now + idle / IDLE_TICKS if idle else None
+        at = self._idle_due()
         if self._lifetime_at is not None and (at is None or self._lifetime_at < at):
             at = self._lifetime_at
         if at is not None:
-            self._timer = clock.callLater(max(0.0, at - now), self._tick)
+            self._timer = clock.callLater(max(0.0, at - clock.seconds()), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -203,15 +211,10 @@ class TrackedProtocol(Protocol):
         if self._lifetime_at is not None and now >= self._lifetime_at:
             self.close_gracefully(CloseReason.LIFETIME)
             return
-        if self.tracker.limits.idle_timeout:
-            if self._active:
-                self._active = False
-                self._quiet_ticks = 0
-            else:
-                self._quiet_ticks += 1
-                if self._quiet_ticks >= IDLE_TICKS:
-                    self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
-                    return
+        due = self._idle_due()
+        if due is not None and now >= due:
+            self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
+            return
         self._schedule()
 
     def _handshake_expired(self) -> None:
@@ -221,12 +224,9 @@ class TrackedProtocol(Protocol):
         self.abortConnection()
 
     @property
-    def idle_seconds(self) -> float | None:
-        """A lower bound on the time since the last byte, at tick granularity."""
-        idle = self.tracker.limits.idle_timeout
-        if not idle:
-            return None
-        return 0.0 if self._active else self._quiet_ticks * idle / IDLE_TICKS
+    def idle_seconds(self) -> float:
+        """Time since the last byte, to the tracker's clock resolution."""
+        return max(0.0, self.tracker.clock.seconds() - self._last)
 
     # -- graceful close ----------------------------------------------------
 

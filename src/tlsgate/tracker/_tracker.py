@@ -48,7 +48,7 @@ class ConnectionInfo:
 
     peer: str | None
     age: float
-    idle: float | None
+    idle: float
     bytes_in: int
     bytes_out: int
     generation: int
@@ -92,6 +92,12 @@ class ConnectionTracker:
         self.generation = generation
         self.random = random
         self.port: IListeningPort | None = None
+        #: The coarse clock connections copy on every chunk; refreshed every
+        #: C{resolution} seconds while there are connections, not per chunk.
+        self.now = clock.seconds()
+        idle = self.limits.idle_timeout
+        self.resolution = min(1.0, idle / 10) if idle else 0.0
+        self._ticker: IDelayedCall | None = None
         self.connections: set[TrackedProtocol] = set()
         self.accepted = 0
         self.closed: Counter[CloseReason] = Counter()
@@ -121,6 +127,7 @@ class ConnectionTracker:
         wrapped = self.wrapped.buildProtocol(addr)
         if wrapped is None:
             return None
+        self._start_clock()
         protocol = TrackedProtocol(self, wrapped, host, self.generation())
         self.connections.add(protocol)
         self.accepted += 1
@@ -148,6 +155,20 @@ class ConnectionTracker:
             )
             return CloseReason.LIMIT
         return None
+
+    # -- the coarse clock --------------------------------------------------
+
+    def _start_clock(self) -> None:
+        if self.resolution and self._ticker is None:
+            self.now = self.clock.seconds()
+            self._ticker = self.clock.callLater(self.resolution, self._tick)
+
+    def _tick(self) -> None:
+        self.now = self.clock.seconds()
+        if self.connections:
+            self._ticker = self.clock.callLater(self.resolution, self._tick)
+        else:
+            self._ticker = None
 
     # -- bookkeeping -------------------------------------------------------
 
