@@ -121,9 +121,9 @@ def test_silent_client_is_dropped_at_the_handshake_timeout() -> None:
     clock = Clock()
     tracker = tracker_for(clock, handshake_timeout=10)
     protocol, transport = connect(tracker, handshake=False)
-    clock.advance(9.9)
+    run(clock, 9.5)
     assert not transport.aborted
-    clock.advance(0.2)
+    run(clock, 1.5)  # within one wheel tick (1 s) of the deadline
     assert transport.aborted
     close(protocol)
     assert tracker.closed == {CloseReason.HANDSHAKE_TIMEOUT: 1}
@@ -171,33 +171,52 @@ def test_idle_connections_cost_no_timers_without_limits() -> None:
     tracker = tracker_for(clock, idle_timeout=0, max_lifetime=0)
     for _ in range(100):
         connect(tracker)
+    run(clock, 1)  # the handshake deadlines' last tick finds nothing left to watch
+    assert clock.getDelayedCalls() == []
+    run(clock, 3600)
     assert clock.getDelayedCalls() == []
 
 
-def test_one_timer_per_connection_with_limits() -> None:
-    """One deadline per connection, plus the tracker's one coarse clock."""
+def test_no_timer_per_connection_with_limits() -> None:
+    """Deadlines live in the tracker's wheel: one ticker, whatever the count."""
     clock = Clock()
     tracker = tracker_for(clock, idle_timeout=300, max_lifetime=3600)
     for _ in range(100):
         connect(tracker)
-    assert len(clock.getDelayedCalls()) == 101
+    assert len(clock.getDelayedCalls()) == 1
 
 
-def test_idle_connections_wake_once_when_due() -> None:
-    """An idle connection's timer fires only at its deadline: no periodic calls."""
+def test_idle_connections_are_looked_at_once_when_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle connection is visited only when its deadline comes: no polling."""
     clock = Clock()
     tracker = tracker_for(clock, idle_timeout=300, close_grace=0)
     protocols = [connect(tracker)[0] for _ in range(50)]
-    fired: list[float] = []
-    for p in protocols:
-        real = p._tick
-        p._tick = lambda real=real: (fired.append(clock.seconds()), real())[1]  # type: ignore[method-assign]
-        p._cancel_timer()
-        p._schedule()
+    visits: list[float] = []
+    real = TrackedProtocol._due
+    monkeypatch.setattr(
+        TrackedProtocol,
+        "_due",
+        lambda self, now: (visits.append(now), real(self, now))[1],
+    )
     run(clock, 299)
-    assert fired == []
+    assert visits == []
     run(clock, 2.5)
-    assert len(fired) == 50 and all(p.closing for p in protocols)
+    assert len(visits) == 50 and all(p.closing for p in protocols)
+
+
+def test_busy_connection_is_refiled_not_closed() -> None:
+    """Traffic moves the idle deadline; the wheel re-files the connection."""
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=10)
+    p, transport = connect(tracker)
+    for _ in range(10):
+        run(clock, 5)
+        p.dataReceived(b"x")
+    assert not p.closing
+    run(clock, 12)
+    assert p.closing and p.reason is CloseReason.IDLE_TIMEOUT
 
 
 def test_coarse_clock_stops_when_no_connection_is_left() -> None:
@@ -219,7 +238,11 @@ def test_lifetime_closes_a_busy_connection_with_jitter() -> None:
         protocol.dataReceived(b"x")
         protocol.write(b"y")
     assert not protocol.closing
-    clock.advance(1)
+    for _ in range(100):
+        if protocol.closing:
+            break
+        clock.advance(0.02)
+    assert clock.seconds() < 96.1  # 95 s, within one wheel tick
     assert protocol.closing and protocol.reason is CloseReason.LIFETIME
     assert transport.producerState == "paused"  # no new request is read
 

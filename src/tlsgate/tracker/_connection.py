@@ -8,9 +8,12 @@ and the handshake notice).
 
 The per-chunk work is three attribute stores and a byte count: the idle
 clock is reset by copying the tracker's coarse clock (a float the tracker
-refreshes once per resolution tick, while it has connections), so no chunk
-reads the time or allocates for it. Each connection has at most one timer,
-set for its next deadline; an idle connection wakes once, when it is due.
+refreshes once per resolution tick), so no chunk reads the time or
+allocates for it. Deadlines (handshake, idle, lifetime) live in the
+tracker's timing wheel, not in a DelayedCall per connection; a connection is
+looked at only when its bucket comes due, and re-filed if traffic moved its
+idle deadline. Short-lived timers (quiet checks, the abort after
+close_grace, rotation closes) use callLater, as they exist only while closing.
 """
 
 from __future__ import annotations
@@ -48,10 +51,20 @@ class TrackedProtocol(Protocol):
     @ivar reason: why it closed (or is closing), once known.
     """
 
+    # Slots keep the per-connection cost small (see docs/benchmarks.md).
+    __slots__ = (
+        "_aborting", "_active", "_bucket", "_finished", "_last", "_last_out", "_lifetime_at",
+        "_quiet_deadline", "_rotation", "_timer", "_tls", "bytes_in", "bytes_out",
+        "closing", "connected", "generation", "handshake_done", "peer", "reason",
+        "started", "tracker", "transport", "wrapped",
+    )  # fmt: skip
+
     def __init__(
         self, tracker: ConnectionTracker, wrapped: IProtocol, peer: str | None,
         generation: int,
     ) -> None:  # fmt: skip
+        self.transport: Any = None
+        self.connected = 0
         self.tracker = tracker
         self.wrapped = wrapped
         self.peer = peer
@@ -68,9 +81,11 @@ class TrackedProtocol(Protocol):
         self._last = tracker.now
         self._lifetime_at: float | None = None
         self._timer: IDelayedCall | None = None
+        self._bucket: int | None = None
         self._rotation: IDelayedCall | None = None
         self._finished = False
         self._aborting = False
+        self._quiet_deadline = 0.0
 
     # -- the TLS layer's side ----------------------------------------------
 
@@ -78,15 +93,13 @@ class TrackedProtocol(Protocol):
         assert self.transport is not None
         self._tls = INegotiated.providedBy(self.transport)
         self.wrapped.makeConnection(self)  # type: ignore[arg-type]
-        timeout = self.tracker.limits.handshake_timeout
-        if self._tls and timeout:
-            self._timer = self.tracker.clock.callLater(timeout, self._handshake_expired)
-        elif not self._tls:
+        if not self._tls:
             self._begin()
+        else:
+            self._arm()
 
     def handshakeCompleted(self) -> None:
         self.handshake_done = True
-        self._cancel_timer()
         self._begin()
         if IHandshakeListener.providedBy(self.wrapped):
             self.wrapped.handshakeCompleted()
@@ -103,6 +116,7 @@ class TrackedProtocol(Protocol):
             self.wrapped.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.tracker._disarm(self)
         self._cancel_timer()
         if self._rotation is not None and self._rotation.active():
             self._rotation.cancel()
@@ -168,10 +182,11 @@ class TrackedProtocol(Protocol):
         self.transport.stopProducing()  # type: ignore[union-attr]
 
     def __getattr__(self, name: str) -> Any:
-        transport = self.__dict__.get("transport")
-        if transport is None:
+        # Only reached for names this class lacks: the transport's own extras
+        # (getHandle, setTcpNoDelay, ...), as ProtocolWrapper does.
+        if name.startswith("__") or self.transport is None:
             raise AttributeError(name)
-        return getattr(transport, name)
+        return getattr(self.transport, name)
 
     # -- limits ------------------------------------------------------------
 
@@ -187,38 +202,42 @@ class TrackedProtocol(Protocol):
         if limits.max_lifetime:
             spread = 1 - limits.lifetime_jitter * self.tracker.random()
             self._lifetime_at = self.started + limits.max_lifetime * spread
-        self._schedule()
+        self._arm()
 
-    def _idle_due(self) -> float | None:
-        """When silence since the last byte reaches idle_timeout (never early)."""
-        idle = self.tracker.limits.idle_timeout
-        if not idle:
-            return None
-        # _last may lag the real last byte by up to one resolution tick.
-        return self._last + idle + self.tracker.resolution
+    def _next_check(self) -> float | None:
+        """The earliest moment a limit could be reached, or None: no limit applies."""
+        limits = self.tracker.limits
+        if self._tls and not self.handshake_done:
+            timeout = limits.handshake_timeout
+            return self.started + timeout if timeout else None
+        at = self._lifetime_at
+        if limits.idle_timeout:
+            # _last may lag the real last byte by up to one tick: never early.
+            idle_at = self._last + limits.idle_timeout + self.tracker.resolution
+            if at is None or idle_at < at:
+                at = idle_at
+        return at
 
-    def _schedule(self) -> None:
-        clock = self.tracker.clock
-        at = self._idle_due()
-        if self._lifetime_at is not None and (at is None or self._lifetime_at < at):
-            at = self._lifetime_at
-        if at is not None:
-            self._timer = clock.callLater(max(0.0, at - clock.seconds()), self._tick)
+    def _arm(self) -> None:
+        self.tracker._arm(self, self._next_check())
 
-    def _tick(self) -> None:
-        self._timer = None
-        now = self.tracker.clock.seconds()
-        if self._lifetime_at is not None and now >= self._lifetime_at:
+    def _due(self, now: float) -> None:
+        """Called by the tracker's wheel when this connection's bucket is due."""
+        if self.closing or self.transport is None:
+            return
+        at = self._next_check()
+        if at is None:
+            return
+        if now < at:
+            self.tracker._arm(self, at)  # traffic moved the idle deadline
+        elif self._tls and not self.handshake_done:
+            self._handshake_expired()
+        elif self._lifetime_at is not None and now >= self._lifetime_at:
             self.close_gracefully(CloseReason.LIFETIME)
-            return
-        due = self._idle_due()
-        if due is not None and now >= due:
+        else:
             self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
-            return
-        self._schedule()
 
     def _handshake_expired(self) -> None:
-        self._timer = None
         self.reason = CloseReason.HANDSHAKE_TIMEOUT
         self.closing = True
         self.abortConnection()
@@ -242,6 +261,7 @@ class TrackedProtocol(Protocol):
             return
         self.closing = True
         self.reason = reason
+        self.tracker._disarm(self)
         self._cancel_timer()
         if self._tls and not self.handshake_done:
             self.abortConnection()

@@ -12,6 +12,7 @@ so that its graceful closes send close_notify and it hears the handshake.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,16 @@ from zope.interface import implementer
 from tlsgate.certs import CertificateState
 from tlsgate.tracker._connection import TrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
+
+
+def _resolution(limits: Limits) -> float:
+    """The wheel's tick: a tenth of the shortest limit, at most 1 s, at least 10 ms."""
+    limits_set = [
+        t
+        for t in (limits.handshake_timeout, limits.idle_timeout, limits.max_lifetime)
+        if t
+    ]
+    return max(0.01, min([1.0, *(t / 10 for t in limits_set)]))
 
 
 class _Refused(Protocol):
@@ -92,11 +103,13 @@ class ConnectionTracker:
         self.generation = generation
         self.random = random
         self.port: IListeningPort | None = None
-        #: The coarse clock connections copy on every chunk; refreshed every
-        #: C{resolution} seconds while there are connections, not per chunk.
+        #: The coarse clock connections copy on every chunk, and the timing
+        #: wheel's tick: refreshed every C{resolution} seconds while any
+        #: connection has a deadline; nothing runs when none has.
         self.now = clock.seconds()
-        idle = self.limits.idle_timeout
-        self.resolution = min(1.0, idle / 10) if idle else 0.0
+        self.resolution = _resolution(self.limits)
+        self._wheel: dict[int, set[TrackedProtocol]] = {}
+        self._processed = math.floor(self.now / self.resolution)
         self._ticker: IDelayedCall | None = None
         self.connections: set[TrackedProtocol] = set()
         self.accepted = 0
@@ -127,7 +140,7 @@ class ConnectionTracker:
         wrapped = self.wrapped.buildProtocol(addr)
         if wrapped is None:
             return None
-        self._start_clock()
+        self._refresh_clock()
         protocol = TrackedProtocol(self, wrapped, host, self.generation())
         self.connections.add(protocol)
         self.accepted += 1
@@ -156,16 +169,49 @@ class ConnectionTracker:
             return CloseReason.LIMIT
         return None
 
-    # -- the coarse clock --------------------------------------------------
+    # -- the coarse clock and the timing wheel -----------------------------
 
-    def _start_clock(self) -> None:
-        if self.resolution and self._ticker is None:
+    def _refresh_clock(self) -> None:
+        """Bring the coarse clock up to date while the ticker sleeps."""
+        if self._ticker is None:
             self.now = self.clock.seconds()
+            self._processed = math.floor(self.now / self.resolution)
+
+    def _arm(self, conn: TrackedProtocol, at: float | None) -> None:
+        """File C{conn} to be looked at once C{at} has passed (None: never)."""
+        self._disarm(conn)
+        if at is None:
+            return
+        key = max(math.ceil(at / self.resolution), self._processed + 1)
+        bucket = self._wheel.get(key)
+        if bucket is None:
+            bucket = self._wheel[key] = set()
+        bucket.add(conn)
+        conn._bucket = key
+        if self._ticker is None:
             self._ticker = self.clock.callLater(self.resolution, self._tick)
 
+    def _disarm(self, conn: TrackedProtocol) -> None:
+        key = conn._bucket
+        if key is not None:
+            conn._bucket = None
+            bucket = self._wheel.get(key)
+            if bucket is not None:
+                bucket.discard(conn)
+                if not bucket:
+                    del self._wheel[key]
+
     def _tick(self) -> None:
-        self.now = self.clock.seconds()
-        if self.connections:
+        self.now = now = self.clock.seconds()
+        current = math.floor(now / self.resolution)
+        for key in range(self._processed + 1, current + 1):
+            bucket = self._wheel.pop(key, None)
+            if bucket:
+                for conn in bucket:
+                    conn._bucket = None
+                    conn._due(now)
+        self._processed = max(self._processed, current)
+        if self._wheel:
             self._ticker = self.clock.callLater(self.resolution, self._tick)
         else:
             self._ticker = None
