@@ -210,7 +210,7 @@ def test_busy_connection_is_refiled_not_closed() -> None:
     """Traffic moves the idle deadline; the wheel re-files the connection."""
     clock = Clock()
     tracker = tracker_for(clock, idle_timeout=10)
-    p, transport = connect(tracker)
+    p, _transport = connect(tracker)
     for _ in range(10):
         run(clock, 5)
         p.dataReceived(b"x")

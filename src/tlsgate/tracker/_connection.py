@@ -140,7 +140,7 @@ class TrackedProtocol(Protocol):
         self._active = True
         self._last_out = True
         self.bytes_out += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
@@ -155,31 +155,31 @@ class TrackedProtocol(Protocol):
         self._arm_abort()
 
     def abortConnection(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def getPeer(self) -> Any:
-        return self.transport.getPeer()  # type: ignore[union-attr]
+        return self.transport.getPeer()
 
     def getHost(self) -> Any:
-        return self.transport.getHost()  # type: ignore[union-attr]
+        return self.transport.getHost()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+        self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         # While closing, reads stay paused whatever the backend's buffer says:
         # no new request may start on a connection that is going away.
         if not self.closing:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]
+        self.transport.stopProducing()
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks: the transport's own extras
@@ -266,7 +266,7 @@ class TrackedProtocol(Protocol):
         if self._tls and not self.handshake_done:
             self.abortConnection()
             return
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.pauseProducing()
         grace = self.tracker.limits.close_grace
         self._quiet_deadline = self.tracker.clock.seconds() + grace
         if quiet:
