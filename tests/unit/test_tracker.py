@@ -472,3 +472,12 @@ def test_lifetime_close_over_real_tls_delivers_the_answer_before_close_notify(
     assert client.lost
     assert backend.received == b"GET /1"  # /2 was never read
     assert tracker.closed == {CloseReason.LIFETIME: 1}
+
+
+def test_tcp_health_check_before_the_handshake_is_a_client_close() -> None:
+    """Connect-and-leave (HAProxy 'check' without check-ssl) is not a TLS error."""
+    clock = Clock()
+    tracker = tracker_for(clock)
+    p, _ = connect(tracker, handshake=False)
+    close(p)
+    assert tracker.closed == {CloseReason.CLIENT: 1}

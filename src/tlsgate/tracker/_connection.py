@@ -129,7 +129,10 @@ class TrackedProtocol(Protocol):
         told = getattr(self.wrapped, "close_reason", None)
         if isinstance(told, CloseReason):
             return told
-        if reason.check(SSL.Error) or (self._tls and not self.handshake_done):
+        # A TLS failure (garbage, a refused certificate) arrives as SSL.Error; a
+        # client that merely connects and leaves, as TCP health checks do, is a
+        # plain client close even before any handshake.
+        if reason.check(SSL.Error):
             return CloseReason.TLS_ERROR
         return CloseReason.CLIENT
 
