@@ -120,6 +120,9 @@ class GatewayService(MultiService):
         self.config = config
         self.listeners = listeners
         self.draining = False
+        #: The admin endpoint's service, when configured; it stays up while
+        #: draining so that /readyz can say so.
+        self.admin: ListenerService | None = None
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
@@ -199,4 +202,17 @@ def build_service(
     gateway = GatewayService(config, listeners)
     for listener in listeners.values():
         listener.service.setServiceParent(gateway)
+    if config.admin:
+        from twisted.web.server import Site
+
+        from tlsgate.admin import AdminRoot, token_file
+
+        site = Site(AdminRoot(gateway, token_file(config.admin_token_file)))
+        site.displayTracebacks = False
+        admin = ListenerService(
+            serverFromString(reactor, config.admin), site, description=config.admin
+        )
+        admin.setName("admin")
+        admin.setServiceParent(gateway)
+        gateway.admin = admin
     return gateway

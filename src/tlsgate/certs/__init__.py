@@ -7,7 +7,12 @@ looks at the files on disk for every new connection.
 """
 
 from tlsgate.certs._material import CertifiedKey, certificate_names, parse_certified_key
-from tlsgate.certs._policy import TLSPolicy, build_server_context, check_cipher_string
+from tlsgate.certs._policy import (
+    TLSPolicy,
+    build_server_context,
+    check_cipher_string,
+    session_reused,
+)
 from tlsgate.certs._reloading import CertificateState, ReloadingContextFactory
 from tlsgate.certs._stamps import RACY_WINDOW_NS
 
@@ -21,4 +26,5 @@ __all__ = [
     "certificate_names",
     "check_cipher_string",
     "parse_certified_key",
+    "session_reused",
 ]

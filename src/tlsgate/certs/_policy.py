@@ -110,3 +110,21 @@ def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Conte
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
     return ctx
+
+
+def session_reused(transport: object) -> bool:
+    """
+    Whether the TLS connection under C{transport} resumed a session.
+
+    pyOpenSSL has no public call for it; its binding of C{SSL_session_reused}
+    is used, and C{False} is the answer where either is missing.
+    """
+    from OpenSSL._util import lib
+
+    get_handle = getattr(transport, "getHandle", None)
+    reused = getattr(lib, "SSL_session_reused", None)
+    if get_handle is None or reused is None:
+        return False
+    connection = get_handle()
+    ssl = getattr(connection, "_ssl", None)
+    return ssl is not None and bool(reused(ssl))

@@ -36,6 +36,8 @@ class GatewayConfig:
     """The whole gateway: process-wide settings and its listeners."""
 
     listeners: tuple[ListenerConfig, ...]
+    admin: str | None = None
+    admin_token_file: str | None = None
     drain_timeout: float = 30.0
     log_format: str = "text"
     workers: int = 1

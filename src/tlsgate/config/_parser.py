@@ -42,8 +42,6 @@ LISTENER_KEYS = (
 #: Keys of the interface that are known but not implemented in this version,
 #: with the capability they belong to. Refused, never ignored.
 NOT_YET: dict[str, str] = {
-    "admin": "the admin endpoint",
-    "admin_token_file": "the admin endpoint",
     **dict.fromkeys(("sni_dir", "sni_strict"), "SNI certificate directories"),
     **dict.fromkeys(("client_ca", "client_auth", "allow"), "client certificates"),
     "ocsp_response": "OCSP stapling",
@@ -145,6 +143,13 @@ def _check_client_endpoints(text: str) -> tuple[str, ...]:
     return descriptions
 
 
+def _path(text: str, base: str) -> str:
+    """A path from the ini, relative to the ini file's directory."""
+    if not text.strip():
+        raise ValueError("empty path")
+    return os.path.join(base, os.path.expanduser(text.strip()))
+
+
 def _workers(text: str) -> int:
     if text.strip().lower() == "auto" or text.strip() != "1":
         raise ValueError(
@@ -204,7 +209,7 @@ def parse_config(text: str, *, file: str, base_dir: str | None = None) -> Gatewa
     listeners: list[ListenerConfig] = []
     for section in parser.sections():
         if section == "gateway":
-            gateway = _parse_gateway(errors, parser[section])
+            gateway = _parse_gateway(errors, parser[section], base)
         elif section.startswith("listener:") and section[len("listener:") :].strip():
             listener = _parse_listener(errors, section, parser[section], base)
             if listener is not None:
@@ -235,10 +240,12 @@ def _unknown_or_not_yet(
 
 
 def _parse_gateway(
-    errors: _Collector, items: configparser.SectionProxy
+    errors: _Collector, items: configparser.SectionProxy, base: str
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
+        "admin": _check_server_endpoint,
+        "admin_token_file": lambda text: _path(text, base),
         "workers": _workers,
         "drain_timeout": parse_duration,
         "log_format": _log_format,
@@ -262,9 +269,7 @@ def _parse_listener(
     limits: dict[str, Any] = {}
 
     def path(text: str) -> str:
-        if not text.strip():
-            raise ValueError("empty path")
-        return os.path.join(base, os.path.expanduser(text.strip()))
+        return _path(text, base)
 
     parsers: dict[str, tuple[dict[str, Any], str, Callable[[str], Any]]] = {
         "listen": (values, "listen", _check_server_endpoint),

@@ -32,6 +32,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsgate.certs import session_reused
 from tlsgate.tracker._limits import CloseReason
 
 if TYPE_CHECKING:
@@ -100,6 +101,11 @@ class TrackedProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.handshake_done = True
+        tracker = self.tracker
+        if session_reused(self.transport):
+            tracker.handshakes_resumed += 1
+        else:
+            tracker.handshakes_full += 1
         self._begin()
         if IHandshakeListener.providedBy(self.wrapped):
             self.wrapped.handshakeCompleted()
@@ -122,6 +128,8 @@ class TrackedProtocol(Protocol):
             self._rotation.cancel()
         if self.reason is None:
             self.reason = self._reason_from(reason)
+        if self._tls and not self.handshake_done:
+            self.tracker.handshakes_failed += 1
         self.tracker._forget(self)
         self.wrapped.connectionLost(reason)
 

@@ -112,7 +112,15 @@ class ConnectionTracker:
         self._processed = math.floor(self.now / self.resolution)
         self._ticker: IDelayedCall | None = None
         self.connections: set[TrackedProtocol] = set()
+        #: Counters for metrics, read at scrape time (nothing per scrape is
+        #: kept on the connection path).
         self.accepted = 0
+        self.refused = 0
+        self.handshakes_full = 0
+        self.handshakes_resumed = 0
+        self.handshakes_failed = 0
+        self.bytes_in_closed = 0
+        self.bytes_out_closed = 0
         self.closed: Counter[CloseReason] = Counter()
         self._per_client: Counter[str] = Counter()
         self._accept_paused = False
@@ -136,6 +144,7 @@ class ConnectionTracker:
         refusal = self._refusal(host)
         if refusal is not None:
             self.closed[refusal] += 1
+            self.refused += 1
             return _Refused()
         wrapped = self.wrapped.buildProtocol(addr)
         if wrapped is None:
@@ -220,6 +229,8 @@ class ConnectionTracker:
 
     def _forget(self, protocol: TrackedProtocol) -> None:
         self.connections.discard(protocol)
+        self.bytes_in_closed += protocol.bytes_in
+        self.bytes_out_closed += protocol.bytes_out
         if protocol.peer is not None:
             left = self._per_client[protocol.peer] - 1
             if left > 0:
@@ -269,6 +280,12 @@ class ConnectionTracker:
                 )
             )  # fmt: skip
         return out
+
+    def bytes_total(self) -> tuple[int, int]:
+        """Bytes from clients and to clients, over closed and live connections."""
+        live_in = sum(c.bytes_in for c in self.connections)
+        live_out = sum(c.bytes_out for c in self.connections)
+        return self.bytes_in_closed + live_in, self.bytes_out_closed + live_out
 
     def by_generation(self) -> Counter[int]:
         """How many live connections were made under each certificate generation."""
