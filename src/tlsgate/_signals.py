@@ -1,6 +1,6 @@
 """
 Process signals for the twistd plugin: SIGTERM and SIGINT stop the gateway and
-exit 0.
+exit 0; SIGHUP re-reads the config.
 
 twistd's own handlers re-raise the stopping signal at exit (status 143 or
 130), which supervisors read as a crash; the interface promises exit 0. The
@@ -21,11 +21,13 @@ _log = Logger()
 
 
 def install_stop_handlers(
-    reactor: IReactorCore, stop: Callable[[], object] | None = None
+    reactor: IReactorCore,
+    stop: Callable[[], object] | None = None,
+    hangup: Callable[[], object] | None = None,
 ) -> None:
     """
     From the reactor's start on, SIGTERM and SIGINT call C{stop} (default:
-    C{reactor.stop}) in the reactor thread.
+    C{reactor.stop}) and SIGHUP calls C{hangup}, in the reactor thread.
     """
     stopper = stop if stop is not None else reactor.stop
     threads: IReactorFromThreads = reactor  # type: ignore[assignment]
@@ -36,16 +38,16 @@ def install_stop_handlers(
         )
         threads.callFromThread(stopper)
 
-    def hangup(number: int, frame: FrameType | None) -> None:
-        # Until config reloads exist, SIGHUP must not end the gateway (its
-        # default action), since operators and logrotate send it routinely.
-        _log.warn(
-            "Received SIGHUP: re-reading the config is not supported yet; ignored."
-        )
+    def on_hangup(number: int, frame: FrameType | None) -> None:
+        # Never SIGHUP's default action (ending the process): operators and
+        # logrotate send it routinely.
+        _log.info("Received SIGHUP, re-reading the config.")
+        if hangup is not None:
+            threads.callFromThread(hangup)
 
     def install() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
-        signal.signal(signal.SIGHUP, hangup)
+        signal.signal(signal.SIGHUP, on_hangup)
 
     reactor.callWhenRunning(install)

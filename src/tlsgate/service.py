@@ -16,7 +16,9 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
+    IProtocol,
     IProtocolFactory,
     IReactorCore,
     IReactorTime,
@@ -24,12 +26,34 @@ from twisted.internet.interfaces import (
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import ConnectionTracker
+
+
+@implementer(IProtocolFactory)
+class _SwitchFactory:
+    """
+    The factory a port listens with, delegating to one that can be replaced:
+    a config reload gives new connections new settings on the same socket,
+    while connections already open keep the parts they were made with.
+    """
+
+    def __init__(self, target: IProtocolFactory) -> None:
+        self.target = target
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self.target.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self.target.doStart()
+
+    def doStop(self) -> None:
+        self.target.doStop()
 
 
 class ListenerService(Service):
@@ -52,6 +76,7 @@ class ListenerService(Service):
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self._switch = _SwitchFactory(factory)
         self.tracker = tracker
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
@@ -70,8 +95,18 @@ class ListenerService(Service):
         if self._listening is None:
             self._listen()
 
+    def replace_factory(
+        self, factory: IProtocolFactory, tracker: ConnectionTracker | None
+    ) -> None:
+        """New connections from now on are built by C{factory} (a config reload)."""
+        if self.tracker is not None:
+            self.tracker.port = None
+        self.factory, self._switch.target, self.tracker = factory, factory, tracker
+        if tracker is not None:
+            tracker.port = self.port
+
     def _listen(self) -> None:
-        d = self.endpoint.listen(self.factory)
+        d = self.endpoint.listen(self._switch)
         self._listening = d
         failures: list[Failure] = []
         d.addCallbacks(self._listened, failures.append)
@@ -123,6 +158,15 @@ class GatewayService(MultiService):
         #: The admin endpoint's service, when configured; it stays up while
         #: draining so that /readyz can say so.
         self.admin: ListenerService | None = None
+        #: Listeners replaced or removed by a config reload whose connections
+        #: are still open; drained with the rest, dropped once empty.
+        self.retired: list[Listener] = []
+
+    def _trackers(self) -> list[ConnectionTracker]:
+        self.retired = [r for r in self.retired if r.tracker.connections]
+        return [lsn.tracker for lsn in self.listeners.values()] + [
+            r.tracker for r in self.retired
+        ]
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
@@ -142,7 +186,7 @@ class GatewayService(MultiService):
                 if (d := listener.service.stopService()) is not None
             ]
         )
-        await DeferredList([lsn.tracker.drain(wait) for lsn in self.listeners.values()])
+        await DeferredList([tracker.drain(wait) for tracker in self._trackers()])
 
     def stopService(self) -> Deferred[None]:
         async def stop() -> None:

@@ -10,12 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from tlsgate._reconfigure import reconfigure
 from tlsgate._signals import install_stop_handlers
 from tlsgate.config import GatewayConfig, load_config
-from tlsgate.errors import TlsgateError
+from tlsgate.errors import ConfigErrors, TlsgateError
+from tlsgate.service import GatewayService
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -43,9 +50,44 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     from twisted.internet import reactor
 
     service = _ExitOnStartError()
-    service_for(options, reactor).setServiceParent(service)
-    install_stop_handlers(reactor)
+    gateway = service_for(options, reactor)
+    gateway.setServiceParent(service)
+    assert isinstance(gateway, GatewayService)
+    path = options.get("config")
+    install_stop_handlers(reactor, hangup=lambda: reload_config(gateway, path, reactor))
     return service
+
+
+def reload_config(
+    gateway: GatewayService, path: str | None, reactor: IReactorCore
+) -> Deferred[None]:
+    """
+    SIGHUP: re-read C{path} and apply it; an invalid file is refused with one
+    log line per problem, and the running config stays.
+    """
+    if not path:
+        _log.warn(
+            "SIGHUP: running the embedded default; there is no config file to re-read"
+        )
+        return succeed(None)
+    try:
+        new = load_config(path)
+    except ConfigErrors as e:
+        for error in e.errors:
+            _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
+                       path=path, error=str(error))  # fmt: skip
+        return succeed(None)
+
+    def applied(changes: list[str]) -> None:
+        for change in changes or ["nothing changed"]:
+            _log.info("SIGHUP: {path}: {change}", path=path, change=change)
+
+    def failed(reason: Failure) -> None:
+        _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
+                   path=path, error=reason.getErrorMessage())  # fmt: skip
+
+    d = ensureDeferred(reconfigure(gateway, new, reactor))
+    return d.addCallbacks(applied, failed)
 
 
 class _ExitOnStartError(MultiService):

@@ -138,6 +138,9 @@ class Site:
         write(self.key, self.first.key)
         self.gateway: GatewayProcess | None = None
 
+    def ini_path(self) -> Path:
+        return self.tmp / "gateway.ini"
+
     def ini(self, **extra: str) -> Path:
         lines = {
             "listen": f"tcp:{self.port}:interface=127.0.0.1",
@@ -147,7 +150,7 @@ class Site:
             **extra,
         }
         gateway = {k: lines.pop(k) for k in list(lines) if k in GATEWAY_KEYS}
-        path = self.tmp / "gateway.ini"
+        path = self.ini_path()
         text = "[gateway]\n" + "".join(f"{k} = {v}\n" for k, v in gateway.items())
         text += "[listener:web]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
         path.write_text(text)

@@ -77,6 +77,9 @@ class ReloadingContextFactory:
     @param name: a label for log lines (the listener name in the gateway).
     @param wallclock: nanoseconds since the epoch; injected by tests.
     @param stat: C{os.stat}-like; injected by tests to pin stamps.
+    @param first_generation: the generation of the certificate loaded now; a
+        config reload that replaces a factory continues its predecessor's
+        numbering so that generations only grow.
     @raise CertificateError: at construction, when the files cannot be
         served at all. An expired certificate only logs a warning, so that
         a renewal can fix it while the gateway runs.
@@ -93,6 +96,7 @@ class ReloadingContextFactory:
         name: str = "default",
         wallclock: Callable[[], int] = time.time_ns,
         stat: StatFunction = os.stat,
+        first_generation: int = 1,
     ) -> None:
         self.cert_path = os.fspath(cert_path)
         self.key_path = None if key_path in (None, cert_path) else os.fspath(key_path)
@@ -110,7 +114,8 @@ class ReloadingContextFactory:
         self.reloads_failed = 0
         self._last_error: str | None = None
         self._good_digests: tuple[bytes | None, ...] = ()
-        self._generation = 0
+        self._first_generation = first_generation
+        self._generation = first_generation - 1
 
         stamps = self._stamps()
         reads = [read_file(p) for p in self._paths]
@@ -227,7 +232,7 @@ class ReloadingContextFactory:
         self._loaded_at = _utc(now_ns)
         self._good_digests = self._seen.digests
         self._last_error = None
-        if self._generation > 1:
+        if self._generation > self._first_generation:
             self.reloads_ok += 1
             self._log.info(
                 "{listener}: now serving certificate generation {generation}"

@@ -178,6 +178,23 @@ class ConnectionTracker:
             return CloseReason.LIMIT
         return None
 
+    def set_limits(self, limits: Limits) -> None:
+        """
+        New limits (a config reload), for new and open connections alike: the
+        wheel is rebuilt at the new resolution and every deadline re-filed.
+        """
+        self.limits = limits
+        armed = [c for bucket in self._wheel.values() for c in bucket]
+        self._wheel.clear()
+        for conn in armed:
+            conn._bucket = None
+        self.resolution = _resolution(limits)
+        self.now = self.clock.seconds()
+        self._processed = math.floor(self.now / self.resolution)
+        for conn in self.connections:
+            if not conn.closing and conn.transport is not None:
+                conn._arm()
+
     # -- the coarse clock and the timing wheel -----------------------------
 
     def _refresh_clock(self) -> None:

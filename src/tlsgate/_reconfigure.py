@@ -1,0 +1,155 @@
+"""
+Applying a new config to a running gateway (SIGHUP), without dropping a
+connection.
+
+Everything that can fail (parsing, loading new certificates, checking new
+endpoints) happens before anything running is touched, so an invalid file
+leaves the old config serving. Then, per listener: unchanged ones are left
+alone; changed ones get their new parts for new connections on the same
+socket (open connections keep theirs); ones whose C{listen} changed, or that
+were removed, stop accepting and let their connections finish; new ones
+start listening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, cast
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from tlsgate.certs import ReloadingContextFactory
+from tlsgate.config import GatewayConfig, ListenerConfig
+from tlsgate.errors import TlsgateError
+from tlsgate.relay import Backend, BackendPool, RelayFactory
+
+if TYPE_CHECKING:
+    from tlsgate.service import GatewayService, Listener
+
+_log = Logger()
+
+
+def _same_certificates(a: ListenerConfig, b: ListenerConfig) -> bool:
+    return (a.cert, a.key, a.tls) == (b.cert, b.key, b.tls)
+
+
+def _same_backends(a: ListenerConfig, b: ListenerConfig) -> bool:
+    return (a.backends, a.backend_connect_timeout) == (
+        b.backends,
+        b.backend_connect_timeout,
+    )
+
+
+async def reconfigure(
+    gateway: GatewayService, new: GatewayConfig, reactor: IReactorCore
+) -> list[str]:
+    """
+    Make C{gateway} run C{new}.
+
+    @return: (a coroutine for) one line per change made.
+    @raise tlsgate.errors.TlsgateError: before anything changed, when the new
+        config cannot be applied (e.g. a new certificate cannot be served).
+    """
+    from tlsgate.service import build_listener
+
+    old = gateway.listeners
+    wanted = {lc.name: lc for lc in new.listeners}
+
+    # 1. Everything that can fail, with nothing running touched yet.
+    fresh: dict[str, Listener] = {}
+    contexts: dict[str, ReloadingContextFactory] = {}
+    for name, lc in wanted.items():
+        current = old.get(name)
+        if current is None or current.config.listen != lc.listen:
+            fresh[name] = build_listener(lc, reactor)
+        elif current.config != lc and not _same_certificates(current.config, lc):
+            contexts[name] = ReloadingContextFactory(
+                lc.cert, lc.key, policy=lc.tls, name=lc.name,
+                first_generation=current.contexts.generation + 1,
+            )  # fmt: skip
+
+    # 2. Apply. Ports given up are closed before new ones bind, so a port can
+    # move from one listener to another.
+    changes: list[str] = []
+    closing = []
+    for name, listener in list(old.items()):
+        target = wanted.get(name)
+        if target is None or name in fresh:
+            closing.append(listener.service.disownServiceParent())
+            gateway.retired.append(listener)
+            del old[name]
+            why = "removed" if target is None else f"moved to {target.listen}"
+            changes.append(f"listener {name}: {why}; its open connections continue")
+        elif listener.config != target:
+            old[name] = _update(listener, target, contexts.get(name), reactor)
+            changes.append(f"listener {name}: new settings for new connections")
+    await DeferredList([d for d in closing if isinstance(d, Deferred)])
+    for name, listener in fresh.items():
+        try:
+            listener.service.setServiceParent(gateway)
+        except TlsgateError as e:
+            listener.service.disownServiceParent()
+            changes.append(f"listener {name}: NOT started: {e}")
+            continue
+        old[name] = listener
+        changes.append(f"listener {name}: listening on {listener.config.listen}")
+
+    if (
+        gateway.admin is not None
+        and new.admin_token_file != gateway.config.admin_token_file
+    ):
+        from twisted.web.server import Site
+
+        from tlsgate.admin import AdminRoot, token_file
+
+        site = cast(Site, gateway.admin.factory)
+        cast(AdminRoot, site.resource).token = token_file(new.admin_token_file)
+        changes.append("admin: token file changed")
+    if new.admin != gateway.config.admin:
+        changes.append(
+            "admin: a changed admin endpoint needs a restart; kept the old one"
+        )
+        new = replace(new, admin=gateway.config.admin)
+    if new.log_format != gateway.config.log_format:
+        changes.append("log_format: a change needs a restart; kept the old one")
+        new = replace(new, log_format=gateway.config.log_format)
+    if new.drain_timeout != gateway.config.drain_timeout:
+        changes.append(f"drain_timeout: now {new.drain_timeout:g}s")
+    gateway.config = new
+    return changes
+
+
+def _update(
+    listener: Listener,
+    lc: ListenerConfig,
+    contexts: ReloadingContextFactory | None,
+    reactor: IReactorCore,
+) -> Listener:
+    """Give a listener on the same socket its new parts, for new connections."""
+
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    tracker = listener.tracker
+    pool = listener.pool
+    if not _same_backends(listener.config, lc):
+        pool = BackendPool(
+            [Backend(d, clientFromString(reactor, d)) for d in lc.backends],
+            clock=clock,
+            connect_timeout=lc.backend_connect_timeout,
+            name=lc.name,
+        )
+        tracker.wrapped = RelayFactory(pool)
+    if lc.limits != listener.config.limits:
+        tracker.set_limits(lc.limits)
+    if contexts is not None:
+        new_contexts = contexts
+        new_contexts.listeners.append(tracker.certificate_changed)
+        tracker.generation = lambda: new_contexts.generation
+        tls = TLSMemoryBIOFactory(new_contexts, False, tracker, clock=clock)
+        listener.service.replace_factory(tls, tracker)
+    else:
+        contexts = listener.contexts
+    return replace(listener, config=lc, contexts=contexts, pool=pool)

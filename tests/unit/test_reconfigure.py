@@ -1,0 +1,103 @@
+"""Applying a new config to a running gateway, on a MemoryReactor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import MemoryReactorClock
+
+from tests.helpers import make_pair, write
+from tlsgate._reconfigure import reconfigure
+from tlsgate.config import parse_config
+from tlsgate.errors import CertificateError
+from tlsgate.service import GatewayService, build_service
+
+
+def ini(tmp: Path, *listeners: tuple[str, int, str], idle: str = "5m") -> str:
+    return "".join(
+        f"[listener:{name}]\nlisten = tcp:{port}\nbackend = tcp:127.0.0.1:9\n"
+        f"cert = {cert}\nkey = {tmp / 'k.pem'}\nidle_timeout = {idle}\n"
+        for name, port, cert in listeners
+    )
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    pair = make_pair(trustme.CA())
+    write(tmp_path / "c.pem", pair.chain)
+    write(tmp_path / "k.pem", pair.key)
+    return tmp_path
+
+
+def start(tmp: Path, text: str) -> tuple[GatewayService, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    gateway = build_service(parse_config(text, file=str(tmp / "g.ini")), reactor)
+    assert isinstance(gateway, GatewayService)
+    gateway.privilegedStartService()
+    gateway.startService()
+    return gateway, reactor
+
+
+def apply(
+    gateway: GatewayService, tmp: Path, text: str, reactor: MemoryReactorClock
+) -> list[str]:
+    d = ensureDeferred(
+        reconfigure(gateway, parse_config(text, file=str(tmp / "g.ini")), reactor)
+    )
+    return d.result  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_new_certificate_that_cannot_be_served_changes_nothing(tmp: Path) -> None:
+    cert = str(tmp / "c.pem")
+    gateway, reactor = start(tmp, ini(tmp, ("web", 8443, cert)))
+    before = dict(gateway.listeners)
+    bad = ini(tmp, ("web", 8443, str(tmp / "missing.pem")), ("api", 9443, cert))
+    d = ensureDeferred(reconfigure(gateway, parse_config(bad, file="g.ini"), reactor))
+    failure = d.result  # type: ignore[attr-defined]
+    assert failure.check(CertificateError)
+    d.addErrback(lambda _: None)
+    assert gateway.listeners == before
+    assert [s[0] for s in reactor.tcpServers] == [8443]
+
+
+def test_changed_limits_and_added_listener(tmp: Path) -> None:
+    cert = str(tmp / "c.pem")
+    gateway, reactor = start(tmp, ini(tmp, ("web", 8443, cert)))
+    web = gateway.listeners["web"]
+    changes = apply(
+        gateway,
+        tmp,
+        ini(tmp, ("web", 8443, cert), ("api", 9443, cert), idle="1m"),
+        reactor,
+    )
+    assert "listener web: new settings for new connections" in changes
+    assert "listener api: listening on tcp:9443" in changes
+    assert gateway.listeners["web"].tracker is web.tracker  # counters continue
+    assert web.tracker.limits.idle_timeout == 60
+    assert (
+        gateway.listeners["web"].contexts is web.contexts
+    )  # same files: same generation
+    assert sorted(s[0] for s in reactor.tcpServers) == [8443, 9443]
+
+
+def test_new_certificate_paths_continue_the_generation_count(tmp: Path) -> None:
+    cert = str(tmp / "c.pem")
+    other = tmp / "c2.pem"
+    other.write_bytes((tmp / "c.pem").read_bytes())
+    gateway, reactor = start(tmp, ini(tmp, ("web", 8443, cert)))
+    apply(gateway, tmp, ini(tmp, ("web", 8443, str(other))), reactor)
+    assert gateway.listeners["web"].contexts.generation == 2
+
+
+def test_removed_listener_is_retired_until_its_connections_end(tmp: Path) -> None:
+    cert = str(tmp / "c.pem")
+    gateway, reactor = start(tmp, ini(tmp, ("web", 8443, cert), ("api", 9443, cert)))
+    api = gateway.listeners["api"]
+    changes = apply(gateway, tmp, ini(tmp, ("web", 8443, cert)), reactor)
+    assert "listener api: removed; its open connections continue" in changes
+    assert "api" not in gateway.listeners
+    assert gateway.retired == [api]
+    assert not api.service.listening
