@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsgate.certs import ReloadingContextFactory
+from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import TlsgateError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
@@ -80,6 +81,7 @@ async def reconfigure(
         target = wanted.get(name)
         if target is None or name in fresh:
             closing.append(listener.service.disownServiceParent())
+            listener.expiry.stop()
             gateway.retired.append(listener)
             del old[name]
             why = "removed" if target is None else f"moved to {target.listen}"
@@ -91,6 +93,7 @@ async def reconfigure(
     for name, listener in fresh.items():
         try:
             listener.service.setServiceParent(gateway)
+            listener.expiry.start()
         except TlsgateError as e:
             listener.service.disownServiceParent()
             changes.append(f"listener {name}: NOT started: {e}")
@@ -150,6 +153,10 @@ def _update(
         tracker.generation = lambda: new_contexts.generation
         tls = TLSMemoryBIOFactory(new_contexts, False, tracker, clock=clock)
         listener.service.replace_factory(tls, tracker)
-    else:
-        contexts = listener.contexts
-    return replace(listener, config=lc, contexts=contexts, pool=pool)
+        listener.expiry.stop()
+        expiry = ExpiryWarnings(new_contexts, clock)
+        expiry.start()
+        return replace(
+            listener, config=lc, contexts=new_contexts, pool=pool, expiry=expiry
+        )
+    return replace(listener, config=lc, pool=pool)

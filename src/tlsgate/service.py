@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsgate.certs import ReloadingContextFactory
+from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
@@ -145,6 +146,7 @@ class Listener:
     pool: BackendPool
     tracker: ConnectionTracker
     service: ListenerService
+    expiry: ExpiryWarnings
 
 
 class GatewayService(MultiService):
@@ -188,7 +190,15 @@ class GatewayService(MultiService):
         )
         await DeferredList([tracker.drain(wait) for tracker in self._trackers()])
 
+    def startService(self) -> None:
+        super().startService()
+        for listener in self.listeners.values():
+            listener.expiry.start()
+
     def stopService(self) -> Deferred[None]:
+        for listener in self.listeners.values():
+            listener.expiry.stop()
+
         async def stop() -> None:
             await self._drain(None)
             await super(GatewayService, self).stopService()
@@ -225,7 +235,8 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
         serverFromString(reactor, config.listen), tls, tracker, config.listen
     )
     service.setName(f"listener:{config.name}")
-    return Listener(config, contexts, pool, tracker, service)
+    expiry = ExpiryWarnings(contexts, clock)
+    return Listener(config, contexts, pool, tracker, service, expiry)
 
 
 def build_service(

@@ -43,6 +43,14 @@ class Options(usage.Options):
                 self.gateway_config = load_config(self["config"])
             except TlsgateError as e:
                 raise usage.UsageError(f"invalid config:\n{e}") from None
+            if self.gateway_config.log_format == "json" and self.parent is not None:
+                from tlsgate import logs
+
+                logs.twistd_destination = (
+                    self.parent.get("logfile"),
+                    bool(self.parent.get("nodaemon")),
+                )
+                self.parent["logger"] = "tlsgate.logs.twistd_json_observer"
 
 
 def makeService(options: dict[str, Any] | Options) -> IService:
@@ -67,7 +75,8 @@ def reload_config(
     """
     if not path:
         _log.warn(
-            "SIGHUP: running the embedded default; there is no config file to re-read"
+            "SIGHUP: running the embedded default; there is no config file to re-read",
+            event="config_reload_skipped",
         )
         return succeed(None)
     try:
@@ -75,16 +84,21 @@ def reload_config(
     except ConfigErrors as e:
         for error in e.errors:
             _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
-                       path=path, error=str(error))  # fmt: skip
+                       path=path, error=str(error), event="config_refused")  # fmt: skip
         return succeed(None)
 
     def applied(changes: list[str]) -> None:
         for change in changes or ["nothing changed"]:
-            _log.info("SIGHUP: {path}: {change}", path=path, change=change)
+            _log.info(
+                "SIGHUP: {path}: {change}",
+                path=path,
+                change=change,
+                event="config_reloaded",
+            )
 
     def failed(reason: Failure) -> None:
         _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
-                   path=path, error=reason.getErrorMessage())  # fmt: skip
+                   path=path, error=reason.getErrorMessage(), event="config_refused")  # fmt: skip
 
     d = ensureDeferred(reconfigure(gateway, new, reactor))
     return d.addCallbacks(applied, failed)

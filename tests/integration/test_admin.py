@@ -148,3 +148,20 @@ def test_token_is_required_and_re_read_when_changed(
     write_atomically(token, b"rotated")
     assert get(admin_port, "/healthz", token="s3cret")[0] == 401
     assert get(admin_port, "/status", token="rotated")[0] == 200
+
+
+def test_json_logs_one_object_per_line(site: Site) -> None:
+    """log_format = json: every line parses, and tlsgate's events carry stable names."""
+    gateway = site.start(log_format="json")
+    new = site.new_pair()
+    write_atomically(site.key, new.key)
+    write_atomically(site.cert, new.chain)
+    assert site.served() == new.fingerprint
+    gateway.stop()
+    records = [json.loads(line) for line in gateway.log.splitlines() if line.strip()]
+    assert records and all(
+        {"time", "level", "event", "message"} <= set(r) for r in records
+    )
+    (reloaded,) = [r for r in records if r["event"] == "certificate_reloaded"]
+    assert reloaded["listener"] == "web" and reloaded["generation"] == 2
+    assert reloaded["fingerprint"] == new.fingerprint

@@ -50,11 +50,12 @@ class TokenFile:
                     " admin request",
                     path=self.path,
                     why=e.strerror,
+                    event="admin_token_unreadable",
                 )
             self._token = token or None
             if token == b"" and stamp is not None:
                 _log.error("admin token file {path} is empty; refusing every admin request",
-                           path=self.path)  # fmt: skip
+                           path=self.path, event="admin_token_unreadable")  # fmt: skip
         return self._token
 
     def allows(self, request: Request) -> bool:
@@ -117,7 +118,7 @@ class Drain(_Leaf):
     def render_POST(self, request: Request) -> bytes:
         already = self.gateway.draining
         if not already:
-            _log.info("admin: drain requested")
+            _log.info("admin: drain requested", event="drain_requested")
             self.gateway.drain()
         return _json(request, 202, {"draining": True, "already": already})
 

@@ -130,6 +130,7 @@ class ReloadingContextFactory:
                 listener=name,
                 problem=problem,
                 cert=self.cert_path,
+                event="certificate_invalid_at_start",
             )
         self._install(material, now)
 
@@ -190,6 +191,7 @@ class ReloadingContextFactory:
                 self._log.info(
                     "{listener}: certificate files are back to the served ones",
                     listener=self.name,
+                    event="certificate_files_restored",
                 )
             self._last_error = None
             return self._context
@@ -242,6 +244,7 @@ class ReloadingContextFactory:
                 names=", ".join(material.names),
                 fingerprint=material.fingerprint_sha256,
                 not_after=material.not_after.isoformat(),
+                event="certificate_reloaded",
             )
         state = self.state
         for listener in list(self.listeners):
@@ -251,7 +254,9 @@ class ReloadingContextFactory:
                 # A listener's bug must not fail the connection that found
                 # the new files, nor keep the other listeners from hearing.
                 self._log.failure(
-                    "{listener}: certificate change listener failed", listener=self.name
+                    "{listener}: certificate change listener failed",
+                    listener=self.name,
+                    event="certificate_listener_failed",
                 )
 
     def _fail(self, error: CertificateError) -> None:
@@ -262,6 +267,7 @@ class ReloadingContextFactory:
             listener=self.name,
             generation=self._generation,
             error=str(error),
+            event="certificate_reload_failed",
         )
 
     def _warn_key_permissions(self) -> None:
@@ -277,6 +283,7 @@ class ReloadingContextFactory:
                 listener=self.name,
                 path=key,
                 mode=statmodule.S_IMODE(mode),
+                event="key_permissions",
             )
 
 

@@ -83,6 +83,7 @@ class BackendPool:
             listener=self.name,
             backend=backend.description,
             why=why,
+            event="backend_connect_failed",
         )
         return f"{backend.description}: {why}"
 

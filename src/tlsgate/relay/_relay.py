@@ -107,6 +107,7 @@ class RelayProtocol(Protocol):
             listener=self.pool.name,
             peer=_peer(self.transport),
             why=reason.getErrorMessage(),
+            event="backend_unavailable",
         )
         assert self.transport is not None
         # Reading was paused for the backend; resume so the client's reply to
@@ -128,6 +129,7 @@ class RelayProtocol(Protocol):
                 listener=self.pool.name,
                 peer=_peer(self.transport),
                 limit=MAX_EARLY_BYTES,
+                event="early_data_overflow",
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
 

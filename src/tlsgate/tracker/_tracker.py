@@ -174,6 +174,7 @@ class ConnectionTracker:
                 listener=self.name,
                 peer=host,
                 count=self._per_client[host],
+                event="connection_refused",
             )
             return CloseReason.LIMIT
         return None
@@ -271,6 +272,7 @@ class ConnectionTracker:
                 " accepting until one closes",
                 listener=self.name,
                 count=len(self.connections),
+                event="accept_paused",
             )
 
     def _resume_accepting(self) -> None:
@@ -327,6 +329,7 @@ class ConnectionTracker:
                 generation=state.generation,
                 count=len(older),
                 grace=grace,
+                event="rotation_closing",
             )
         for c in older:
             c.schedule_rotation_close(grace * self.random())
@@ -349,6 +352,7 @@ class ConnectionTracker:
                 listener=self.name,
                 count=len(self.connections),
                 timeout=timeout,
+                event="drain_started",
             )
         waiter: Deferred[None] = Deferred()
         if not self.connections:
