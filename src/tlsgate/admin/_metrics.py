@@ -42,8 +42,9 @@ class GatewayCollector:
         )
         by_generation = GaugeMetricFamily(
             "tlsgate_connections_by_generation",
-            "Open client connections by the certificate generation they were made under.",
-            labels=[*L, "generation"],
+            "Open client connections by the certificate generation they were made"
+            " under; current is no for generations older than the one served.",
+            labels=[*L, "generation", "current"],
         )
         total = CounterMetricFamily(
             "tlsgate_connections", "Client connections accepted.", labels=L
@@ -80,8 +81,10 @@ class GatewayCollector:
         for name, listener in sorted(self._listeners().items()):
             tracker, contexts, pool = listener.tracker, listener.contexts, listener.pool
             active.add_metric([name], len(tracker.connections))
+            serving = contexts.generation
             for gen, count in sorted(tracker.by_generation().items()):
-                by_generation.add_metric([name, str(gen)], count)
+                current = "yes" if gen == serving else "no"
+                by_generation.add_metric([name, str(gen), current], count)
             total.add_metric([name], tracker.accepted + tracker.refused)
             for reason in CloseReason:
                 closed.add_metric([name, reason.value], tracker.closed[reason])
