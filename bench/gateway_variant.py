@@ -53,7 +53,9 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _context_from_files(cert_path: str, key_path: str, policy: TLSPolicy) -> SSL.Context:
+def _context_from_files(
+    cert_path: str, key_path: str, policy: TLSPolicy
+) -> SSL.Context:
     material = parse_certified_key(
         _read(cert_path), _read(key_path), cert_path=cert_path, key_path=key_path
     )
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=VARIANTS, required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
-    parser.add_argument("--listen", required=True, help="e.g. tcp:8443:interface=127.0.0.1")
+    parser.add_argument(
+        "--listen", required=True, help="e.g. tcp:8443:interface=127.0.0.1"
+    )
     parser.add_argument("--backend", required=True, help="e.g. tcp:127.0.0.1:8080")
     parser.add_argument("--log", help="append Twisted's log to this file")
     parser.add_argument(

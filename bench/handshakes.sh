@@ -12,22 +12,34 @@
 # crypto/tls, no resumption) and nginx share core 1. Not run in CI.
 #
 # Usage: bench/handshakes.sh
-# Knobs (environment): DURATION=10s WARMUP=2s CONC=32 ROUNDS=3
+# Knobs (environment): DURATION=5s WARMUP=2s CONC=32 ROUNDS=6
 #   SERVERS="reloading static rebuild stunnel twistd"  RESULTS=bench/results/<time>
 #   HSLOAD=/path/to/prebuilt/hsload  SERVER_CPU=0 LOAD_CPU=1
+#   QUIET_MAX_BUSY=10 QUIET_TIMEOUT=20 (wait for other work to stop first)
+#   OTHER_MAX=10 RETRIES=2 (redo a run during which other work took CPU)
+#   DUELS="static2:static reloading:static twistd:reloading" DUEL_ROUNDS=4
+#   DUEL_DURATION=10s (head to head: both servers of a pair loaded at once on
+#     the server core; static2 is a second static process, the A/A control)
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$BENCH")"
 TOOLS="${TOOLS:-$(cd "$REPO/../shared/tools" 2>/dev/null && pwd || echo /work/shared/tools)}"
 
-DURATION="${DURATION:-10s}"
+DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-2s}"
 CONC="${CONC:-32}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-6}"
 SERVERS="${SERVERS:-reloading static rebuild stunnel twistd}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
+QUIET_MAX_BUSY="${QUIET_MAX_BUSY:-10}"  # percent of one core, before each server
+QUIET_TIMEOUT="${QUIET_TIMEOUT:-20}"    # seconds to wait for that
+OTHER_MAX="${OTHER_MAX:-10}"  # percent of a core used by others during a run
+RETRIES="${RETRIES:-2}"       # re-measurements of a run over OTHER_MAX
+DUELS="${DUELS-static2:static reloading:static twistd:reloading}"  # "" for none
+DUEL_ROUNDS="${DUEL_ROUNDS:-4}"
+DUEL_DURATION="${DUEL_DURATION:-10s}"
 RESULTS="${RESULTS:-$BENCH/results/$(date +%Y%m%d-%H%M%S)}"
 
 PY="$(python3 -c 'import sys; print(sys.executable)')"
@@ -62,17 +74,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Stop one child we started, and forget it.
-stop() {
-    local pid="$1" p keep=()
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
 tool() { "$PY" "$BENCH/hstool.py" "$@"; }
 free_port() { tool ports 1; }
 
@@ -83,6 +84,8 @@ OUT="$RESULTS/results.jsonl"
 # -- the machine -------------------------------------------------------------
 {
     echo "date: $(date -Is)"
+    echo "tlsgate: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(
+        [ -z "$(git -C "$REPO" status --porcelain -- src twisted 2>/dev/null)" ] || echo ' + uncommitted changes in src/')"
     echo "nproc: $(nproc)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "kernel: $(uname -r)"
@@ -141,8 +144,9 @@ http {
 }
 EOF
 taskset -c "$LOAD_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" &
-PIDS+=($!)
-tool wait "$BACKEND_PORT" >/dev/null
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+tool wait "$BACKEND_PORT" 10 --pid "$NGINX_PID" >/dev/null
 log "nginx backend on 127.0.0.1:$BACKEND_PORT (pid ${PIDS[-1]})"
 
 # -- the servers -------------------------------------------------------------------
@@ -150,9 +154,11 @@ log "nginx backend on 127.0.0.1:$BACKEND_PORT (pid ${PIDS[-1]})"
 start_server() {
     local name="$1" port="$2"
     case "$name" in
-    reloading | static | rebuild)
+    reloading | static | rebuild | static2)
+        # static2: a second, identical static process, the control of the
+        # head-to-head runs (static2 vs static should come out at 1.0).
         PYTHONDONTWRITEBYTECODE=1 taskset -c "$SERVER_CPU" "$PY" "$BENCH/gateway_variant.py" \
-            --variant "$name" --cert "$CERT" --key "$KEY" \
+            --variant "${name%2}" --cert "$CERT" --key "$KEY" \
             --listen "tcp:$port:interface=127.0.0.1" --backend "tcp:127.0.0.1:$BACKEND_PORT" \
             --log "$WORK/$name.log" >>"$WORK/$name.log" 2>&1 &
         ;;
@@ -161,7 +167,8 @@ start_server() {
 foreground = yes
 pid = $WORK/stunnel.pid
 output = $WORK/stunnel.log
-; notice (5) logs two lines per connection; the Twisted servers log none.
+; notice (5) logs four lines per connection and cuts stunnel to about a
+; third of its rate here; the Twisted servers log none per connection.
 debug = 4
 [bench]
 accept = 127.0.0.1:$port
@@ -197,23 +204,70 @@ EOF
     fi
 }
 
+# All servers run from the start, idle while another is measured, so that
+# rounds can alternate between them quickly; each is probed and warmed once.
+declare -A PORT PID
+# Servers only needed head to head (static2) start too, and are probed alike.
+EXTRA="$(for pair in $DUELS; do printf '%s\n' "${pair%%:*}" "${pair##*:}"; done |
+    grep -vxF -f <(printf '%s\n' $SERVERS) | sort -u | tr '\n' ' ')" || true
+for name in $SERVERS $EXTRA; do
+    PORT[$name]="$(free_port)"
+    start_server "$name" "${PORT[$name]}"
+    PID[$name]="$SERVER_PID"
+    probe="$(tool probe "${PORT[$name]}")" || { log "$name: probe failed: $probe"; exit 1; }
+    log "$name on 127.0.0.1:${PORT[$name]} (pid $SERVER_PID): $probe"
+    [ "$WARMUP" = 0 ] || load "${PORT[$name]}" "$WARMUP" >/dev/null
+done
+
+# Rounds alternate the order (ABCDE, EDCBA, ...) so that a slow drift of the
+# machine's speed does not favour whichever server comes first.
+REVERSED="$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')"
 for round in $(seq "$ROUNDS"); do
-    for name in $SERVERS; do
-        port="$(free_port)"
-        start_server "$name" "$port"
-        probe="$(tool probe "$port")" || { log "$name: probe failed: $probe"; exit 1; }
-        [ "$round" -gt 1 ] || log "$name: $probe"
-        [ "$WARMUP" = 0 ] || load "$port" "$WARMUP" >/dev/null
-        line="$(taskset -c "$LOAD_CPU" "$PY" "$BENCH/hstool.py" measure --name "$name" \
-            --round "$round" --pid "$SERVER_PID" --out "$OUT" -- \
-            env GOMAXPROCS=1 taskset -c "$LOAD_CPU" "$HSLOAD" -addr "127.0.0.1:$port" \
-            -path /small -c "$CONC" -d "$DURATION")"
-        log "round $round/$ROUNDS $name: $line"
-        stop "$SERVER_PID"
+    order="$SERVERS"
+    [ $((round % 2)) -eq 1 ] || order="$REVERSED"
+    for name in $order; do
+        # A measurement during which something else took more than OTHER_MAX
+        # percent of a core is thrown away (kept in rejected.jsonl) and redone,
+        # up to RETRIES times; the last try is kept and marked noisy. Before
+        # each, wait up to QUIET_TIMEOUT for other work (a test run) to stop.
+        for try in $(seq 0 "$RETRIES"); do
+            tool quiet --max-busy "$QUIET_MAX_BUSY" --timeout "$QUIET_TIMEOUT" ||
+                log "machine busy; measuring $name anyway"
+            accept=()
+            [ "$try" -lt "$RETRIES" ] || accept=(--accept-noisy)
+            rc=0
+            line="$(taskset -c "$LOAD_CPU" "$PY" "$BENCH/hstool.py" measure --name "$name" \
+                --round "$round" --pid "${PID[$name]}" --backend-pid "$NGINX_PID" \
+                --out "$OUT" --rejected "$RESULTS/rejected.jsonl" --max-other "$OTHER_MAX" \
+                "${accept[@]}" --server-cpu "$SERVER_CPU" --load-cpu "$LOAD_CPU" -- \
+                env GOMAXPROCS=1 taskset -c "$LOAD_CPU" "$HSLOAD" -addr "127.0.0.1:${PORT[$name]}" \
+                -path /small -c "$CONC" -d "$DURATION")" || rc=$?
+            log "round $round/$ROUNDS $name: $line"
+            [ "$rc" -eq 3 ] || break
+            log "$name: other work on the machine during the run; again"
+        done
+        [ "$rc" -eq 0 ] || { log "$name: measurement failed"; exit 1; }
+        kill -0 "${PID[$name]}" 2>/dev/null || { log "$name died"; exit 1; }
+    done
+done
+
+# Head to head: two servers loaded at once on the same core. Each gets half of
+# it, so the ratio of their rates is the ratio of their CPU per handshake,
+# taken in the same seconds, which the machine's drift cannot skew.
+for pair in $DUELS; do
+    a="${pair%%:*}" b="${pair##*:}"
+    [ -n "${PID[$a]:-}" ] && [ -n "${PID[$b]:-}" ] || continue
+    for round in $(seq "$DUEL_ROUNDS"); do
+        tool quiet --max-busy "$QUIET_MAX_BUSY" --timeout "$QUIET_TIMEOUT" || true
+        line="$(taskset -c "$LOAD_CPU" "$PY" "$BENCH/hstool.py" duel \
+            --a "$a:${PID[$a]}:${PORT[$a]}" --b "$b:${PID[$b]}:${PORT[$b]}" \
+            --round "$round" --hsload "$HSLOAD" --conc "$CONC" --duration "$DUEL_DURATION" \
+            --load-cpu "$LOAD_CPU" --out "$RESULTS/duels.jsonl")"
+        log "head to head $round/$DUEL_ROUNDS $a vs $b: $line"
     done
 done
 
 echo
-tool report "$OUT" | tee "$RESULTS/table.md"
+tool report "$OUT" ${DUELS:+--duels "$RESULTS/duels.jsonl"} | tee "$RESULTS/table.md"
 echo
 log "results in $RESULTS"

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -92,7 +93,12 @@ class TrackedProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self._tls = INegotiated.providedBy(self.transport)
+        transport = self.transport
+        # The isinstance test is the common, cheap case; providedBy covers
+        # other TLS transports.
+        self._tls = isinstance(
+            transport, TLSMemoryBIOProtocol
+        ) or INegotiated.providedBy(transport)
         self.wrapped.makeConnection(self)  # type: ignore[arg-type]
         if not self._tls:
             self._begin()
@@ -140,7 +146,7 @@ class TrackedProtocol(Protocol):
         # A TLS failure (garbage, a refused certificate) arrives as SSL.Error; a
         # client that merely connects and leaves, as TCP health checks do, is a
         # plain client close even before any handshake.
-        if reason.check(SSL.Error):
+        if isinstance(reason.value, SSL.Error):
             return CloseReason.TLS_ERROR
         return CloseReason.CLIENT
 
