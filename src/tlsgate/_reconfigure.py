@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -26,7 +25,7 @@ from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import TlsgateError
-from tlsgate.relay import Backend, BackendPool, RelayFactory
+from tlsgate.relay import BackendPool, RelayFactory
 
 if TYPE_CHECKING:
     from tlsgate.service import GatewayService, Listener
@@ -38,11 +37,14 @@ def _same_certificates(a: ListenerConfig, b: ListenerConfig) -> bool:
     return (a.cert, a.key, a.tls) == (b.cert, b.key, b.tls)
 
 
+_BACKEND_KEYS = (
+    "backends", "backend_connect_timeout", "proxy_protocol", "backend_tls",
+    "backend_ca", "backend_server_name", "backend_cert", "backend_key",
+)  # fmt: skip
+
+
 def _same_backends(a: ListenerConfig, b: ListenerConfig) -> bool:
-    return (a.backends, a.backend_connect_timeout) == (
-        b.backends,
-        b.backend_connect_timeout,
-    )
+    return all(getattr(a, k) == getattr(b, k) for k in _BACKEND_KEYS)
 
 
 async def reconfigure(
@@ -55,7 +57,7 @@ async def reconfigure(
     @raise tlsgate.errors.TlsgateError: before anything changed, when the new
         config cannot be applied (e.g. a new certificate cannot be served).
     """
-    from tlsgate.service import build_listener
+    from tlsgate.service import build_listener, build_pool
 
     old = gateway.listeners
     wanted = {lc.name: lc for lc in new.listeners}
@@ -63,11 +65,15 @@ async def reconfigure(
     # 1. Everything that can fail, with nothing running touched yet.
     fresh: dict[str, Listener] = {}
     contexts: dict[str, ReloadingContextFactory] = {}
+    pools: dict[str, BackendPool] = {}
     for name, lc in wanted.items():
         current = old.get(name)
         if current is None or current.config.listen != lc.listen:
             fresh[name] = build_listener(lc, reactor)
-        elif current.config != lc and not _same_certificates(current.config, lc):
+            continue
+        if not _same_backends(current.config, lc):
+            pools[name] = build_pool(lc, reactor)
+        if current.config != lc and not _same_certificates(current.config, lc):
             contexts[name] = ReloadingContextFactory(
                 lc.cert, lc.key, policy=lc.tls, name=lc.name,
                 first_generation=current.contexts.generation + 1,
@@ -87,7 +93,9 @@ async def reconfigure(
             why = "removed" if target is None else f"moved to {target.listen}"
             changes.append(f"listener {name}: {why}; its open connections continue")
         elif listener.config != target:
-            old[name] = _update(listener, target, contexts.get(name), reactor)
+            old[name] = _update(
+                listener, target, contexts.get(name), pools.get(name), reactor
+            )
             changes.append(f"listener {name}: new settings for new connections")
     await DeferredList([d for d in closing if isinstance(d, Deferred)])
     for name, listener in fresh.items():
@@ -130,6 +138,7 @@ def _update(
     listener: Listener,
     lc: ListenerConfig,
     contexts: ReloadingContextFactory | None,
+    new_pool: BackendPool | None,
     reactor: IReactorCore,
 ) -> Listener:
     """Give a listener on the same socket its new parts, for new connections."""
@@ -137,14 +146,9 @@ def _update(
     clock: IReactorTime = reactor  # type: ignore[assignment]
     tracker = listener.tracker
     pool = listener.pool
-    if not _same_backends(listener.config, lc):
-        pool = BackendPool(
-            [Backend(d, clientFromString(reactor, d)) for d in lc.backends],
-            clock=clock,
-            connect_timeout=lc.backend_connect_timeout,
-            name=lc.name,
-        )
-        tracker.wrapped = RelayFactory(pool)
+    if new_pool is not None:
+        pool = new_pool
+        tracker.wrapped = RelayFactory(pool, proxy_protocol=lc.proxy_protocol)
     if lc.limits != listener.config.limits:
         tracker.set_limits(lc.limits)
     if contexts is not None:

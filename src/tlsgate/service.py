@@ -10,6 +10,7 @@ connections get C{drain_timeout} to finish, the rest are closed gracefully.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from twisted.application.service import IService, MultiService, Service
@@ -22,6 +23,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorCore,
     IReactorTime,
+    IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -34,6 +36,7 @@ from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import ConnectionTracker
+from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
 
 @implementer(IProtocolFactory)
@@ -206,6 +209,46 @@ class GatewayService(MultiService):
         return ensureDeferred(stop())
 
 
+def endpoint_host(description: str) -> str | None:
+    """The host of a C{tcp:HOST:PORT} (or C{host=}) client endpoint description."""
+    kind, _, rest = description.partition(":")
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", rest)]
+    for part in parts:
+        if part.startswith("host="):
+            return part[len("host=") :]
+    positional = [p for p in parts if "=" not in p]
+    if kind.lower() in ("tcp", "tcp6", "host") and positional:
+        return positional[0]
+    return None
+
+
+def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
+    """
+    A listener's backends, over TLS when C{backend_tls} is on.
+
+    @raise tlsgate.errors.CertificateError: when the backend CA or client
+        certificate files cannot be used.
+    """
+    tls = None
+    if config.backend_tls:
+        tls = BackendTLS(
+            config.backend_ca, config.backend_cert, config.backend_key, name=config.name
+        )
+    backends = []
+    for d in config.backends:
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, d)
+        if tls is not None:
+            host = config.backend_server_name or endpoint_host(d)
+            assert host is not None  # the config parser insists on one
+            endpoint = TLSBackendEndpoint(endpoint, tls, host, description=d)
+        backends.append(Backend(d, endpoint))
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    return BackendPool(
+        backends, clock=clock, connect_timeout=config.backend_connect_timeout,
+        name=config.name,
+    )  # fmt: skip
+
+
 def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     """
     Build one listener's parts.
@@ -216,14 +259,9 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
         config.cert, config.key, policy=config.tls, name=config.name
     )
     clock: IReactorTime = reactor  # type: ignore[assignment]
-    pool = BackendPool(
-        [Backend(d, clientFromString(reactor, d)) for d in config.backends],
-        clock=clock,
-        connect_timeout=config.backend_connect_timeout,
-        name=config.name,
-    )
+    pool = build_pool(config, reactor)
     tracker = ConnectionTracker(
-        RelayFactory(pool),
+        RelayFactory(pool, proxy_protocol=config.proxy_protocol),
         config.limits,
         clock,
         name=config.name,

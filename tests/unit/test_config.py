@@ -186,3 +186,36 @@ def test_systemd_listen_is_accepted_outside_socket_activation() -> None:
         file="/etc/tlsgate/gateway.ini",
     )
     assert config.listeners[0].listen == "systemd:domain=INET:index=0"
+
+
+def test_backend_tls_settings_need_backend_tls() -> None:
+    (error,) = errors_of(
+        GOOD.replace("[listener:web]\n", "[listener:web]\nbackend_ca = ca.pem\n")
+    )
+    assert "[listener:web] backend_ca: has no effect without backend_tls = on" in error
+
+
+def test_tls_to_a_unix_backend_needs_a_server_name() -> None:
+    text = GOOD.replace("[listener:web]\n", "[listener:web]\nbackend_tls = on\n")
+    (error,) = errors_of(text)
+    assert (
+        "'unix:/run/app.sock' has no host name to check; set backend_server_name"
+        in error
+    )
+    config = parse_config(
+        text.replace("backend_tls = on", "backend_tls = on\nbackend_server_name = app"),
+        file="g.ini",
+    )
+    assert config.listeners[0].backend_server_name == "app"
+
+
+def test_proxy_protocol_values() -> None:
+    config = parse_config(
+        GOOD.replace("[listener:web]\n", "[listener:web]\nproxy_protocol = v2\n"),
+        file="g.ini",
+    )
+    assert config.listeners[0].proxy_protocol == "v2"
+    (error,) = errors_of(
+        GOOD.replace("[listener:web]\n", "[listener:web]\nproxy_protocol = v3\n")
+    )
+    assert "proxy_protocol: 'v3' is not one of off, v1, v2" in error

@@ -21,6 +21,7 @@ from tlsgate.proxy._header import (
     PP2_TYPE_SSL,
 )
 
+
 def ip(text: str) -> str:
     """Twisted spells IPv6 in full; compare normalized."""
     return str(ipaddress.ip_address(text))

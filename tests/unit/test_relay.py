@@ -343,8 +343,61 @@ def test_no_backend_answering_closes_the_client_cleanly(
     pump_all(pump)
     assert client.lost
     failures: list[Failure] = []
+    gw.clock.advance(1.5)  # past both back-offs
     gw.pool.connect(Factory.forProtocol(Protocol)).addErrback(failures.append)
     gw.endpoints[1].fail()
     gw.endpoints[0].fail()
     assert failures and failures[0].check(BackendUnavailable)
     assert "b0" in str(failures[0].value) and "b1" in str(failures[0].value)
+
+
+def test_failed_backends_are_skipped_while_down() -> None:
+    """Passive health: a failed backend gets no attempts while others are up."""
+    clock = Clock()
+    a, b = FakeEndpoint(), FakeEndpoint()
+    pool = BackendPool([Backend("a", a), Backend("b", b)], clock)
+    pool.connect(Factory.forProtocol(Protocol))
+    a.fail()
+    b.succeed()
+    assert pool.is_down("a") and not pool.is_down("b")
+    for _ in range(4):
+        pool.connect(Factory.forProtocol(Protocol))
+        b.succeed()
+    assert len(a.attempts) == 1 and len(b.attempts) == 5
+
+
+def test_back_off_doubles_and_resets_on_success() -> None:
+    """1 s, then 2 s, then 4 s; a success clears it."""
+    clock = Clock()
+    a = FakeEndpoint()
+    pool = BackendPool([Backend("a", a)], clock)
+    for expected in (1.0, 2.0, 4.0):
+        pool.connect(Factory.forProtocol(Protocol))
+        a.fail()
+        clock.advance(expected - 0.01)
+        assert pool.is_down("a")
+        clock.advance(0.02)
+        assert not pool.is_down("a")
+    pool.connect(Factory.forProtocol(Protocol))
+    a.succeed()
+    pool.connect(Factory.forProtocol(Protocol))
+    a.fail()
+    clock.advance(1.01)
+    assert not pool.is_down("a")  # back to 1 s after the success
+
+
+def test_every_backend_down_refuses_at_once() -> None:
+    """No connection waits on backends that are known to fail."""
+    clock = Clock()
+    a = FakeEndpoint()
+    pool = BackendPool([Backend("a", a)], clock)
+    pool.connect(Factory.forProtocol(Protocol))
+    a.fail()
+    failures: list[Failure] = []
+    pool.connect(Factory.forProtocol(Protocol)).addErrback(failures.append)
+    assert failures and failures[0].check(BackendUnavailable)
+    assert len(a.attempts) == 1  # not even tried
+    clock.advance(1.1)
+    pool.connect(Factory.forProtocol(Protocol))
+    a.succeed()
+    assert not pool.is_down("a")

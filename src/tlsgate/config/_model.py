@@ -29,6 +29,12 @@ class ListenerConfig:
     tls: TLSPolicy = field(default_factory=TLSPolicy)
     limits: Limits = field(default_factory=Limits)
     backend_connect_timeout: float = 5.0
+    proxy_protocol: str | None = None
+    backend_tls: bool = False
+    backend_ca: str | None = None
+    backend_server_name: str | None = None
+    backend_cert: str | None = None
+    backend_key: str | None = None
 
 
 @dataclass(frozen=True)

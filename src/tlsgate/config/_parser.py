@@ -46,12 +46,6 @@ NOT_YET: dict[str, str] = {
     **dict.fromkeys(("client_ca", "client_auth", "allow"), "client certificates"),
     "ocsp_response": "OCSP stapling",
     "alpn": "ALPN",
-    "proxy_protocol": "the PROXY protocol",
-    **dict.fromkeys(
-        ("backend_tls", "backend_ca", "backend_server_name", "backend_cert",
-         "backend_key"),
-        "TLS to backends",
-    ),
 }  # fmt: skip
 
 _REQUIRED = ("listen", "backend", "cert")
@@ -148,6 +142,18 @@ def _path(text: str, base: str) -> str:
     if not text.strip():
         raise ValueError("empty path")
     return os.path.join(base, os.path.expanduser(text.strip()))
+
+
+def _proxy_protocol(text: str) -> str | None:
+    word = parse_choice(text, ("off", "v1", "v2"))
+    return None if word == "off" else word
+
+
+def _server_name(text: str) -> str:
+    name = text.strip()
+    if not name or any(c.isspace() for c in name):
+        raise ValueError(f"{text!r} is not a host name")
+    return name
 
 
 def _workers(text: str) -> int:
@@ -274,6 +280,12 @@ def _parse_listener(
         "cert": (values, "cert", path),
         "key": (values, "key", path),
         "backend_connect_timeout": (values, "backend_connect_timeout", parse_duration),
+        "proxy_protocol": (values, "proxy_protocol", _proxy_protocol),
+        "backend_tls": (values, "backend_tls", parse_bool),
+        "backend_ca": (values, "backend_ca", path),
+        "backend_server_name": (values, "backend_server_name", _server_name),
+        "backend_cert": (values, "backend_cert", path),
+        "backend_key": (values, "backend_key", path),
         "min_version": (tls, "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
         "ciphers": (tls, "ciphers", _cipher_string),
         "session_resumption": (tls, "session_resumption", parse_bool),
@@ -301,6 +313,20 @@ def _parse_listener(
     for key in _REQUIRED:
         if key not in items:
             errors.add("required key is missing", section, key)
+    if not values.get("backend_tls"):
+        for key in ("backend_ca", "backend_server_name", "backend_cert", "backend_key"):
+            if key in items:
+                errors.add("has no effect without backend_tls = on", section, key)
+    elif "backend_key" in items and "backend_cert" not in items:
+        errors.add("needs backend_cert beside it", section, "backend_key")
+    elif "backend_server_name" not in items:
+        for d in values.get("backends", ()):
+            if not d.lower().startswith(("tcp:", "tcp6:", "host:")):
+                errors.add(
+                    f"{d!r} has no host name to check; set backend_server_name",
+                    section,
+                    "backend",
+                )
     if len(errors.errors) != before:
         return None
     return ListenerConfig(

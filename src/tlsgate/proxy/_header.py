@@ -83,7 +83,9 @@ def encode_v2(facts: ConnectionFacts) -> bytes:
         src = ipaddress.ip_address(facts.source[0]).packed
         dst = ipaddress.ip_address(facts.destination[0]).packed
         family_byte = 0x11 if family == 4 else 0x21  # TCP over IPv4 / IPv6
-        addresses = src + dst + struct.pack("!HH", facts.source[1], facts.destination[1])
+        addresses = (
+            src + dst + struct.pack("!HH", facts.source[1], facts.destination[1])
+        )
     tlvs = b""
     if facts.alpn:
         tlvs += _tlv(PP2_TYPE_ALPN, facts.alpn)
@@ -101,7 +103,9 @@ def encode_v2(facts: ConnectionFacts) -> bytes:
         verify = 0 if facts.client_cert_verified or facts.client_cn is None else 1
         tlvs += _tlv(PP2_TYPE_SSL, struct.pack("!BI", client, verify) + sub)
     body = addresses + tlvs
-    return V2_SIGNATURE + bytes([0x21, family_byte]) + struct.pack("!H", len(body)) + body
+    return (
+        V2_SIGNATURE + bytes([0x21, family_byte]) + struct.pack("!H", len(body)) + body
+    )
 
 
 def decode_tlvs(data: bytes) -> dict[int, bytes]:

@@ -1,8 +1,13 @@
 """
-Choosing and connecting to a backend: round robin with failover.
+Choosing and connecting to a backend: round robin with failover and passive
+health.
 
-Each connection starts at the next backend in turn; one that refuses or does
-not connect within the timeout is skipped for the next, until all were tried.
+Each connection starts at the next backend in turn; one that refuses, does
+not connect within the timeout or fails its TLS handshake is skipped for the
+next, and marked down for a short back-off that doubles with each further
+failure (1 s up to 30 s). Backends marked down are not tried while others are
+up; when every backend is down, the client is refused at once instead of
+waiting on backends known to fail.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -22,6 +27,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsgate.errors import BackendUnavailable
+
+#: The longest a failing backend is skipped before it is tried again.
+MAX_BACKOFF = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class BackendPool:
         self._next = 0
         #: Failed connection attempts per backend description.
         self.connect_failures: Counter[str] = Counter()
+        self._down_until: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         """
@@ -69,17 +79,43 @@ class BackendPool:
         n = len(self.backends)
         start = self._next
         self._next = (start + 1) % n
-        order = [self.backends[(start + i) % n] for i in range(n)]
+        now = self._clock.seconds()
+        order = [
+            b
+            for i in range(n)
+            if self._down_until.get(
+                (b := self.backends[(start + i) % n]).description, 0
+            )
+            <= now
+        ]
+        if not order:
+            return fail(
+                BackendUnavailable(
+                    "every backend is marked down after failing; retrying each after"
+                    " its back-off"
+                )
+            )
         return _Attempt(self, order, factory).result
+
+    def is_down(self, description: str) -> bool:
+        return self._down_until.get(description, 0) > self._clock.seconds()
+
+    def _succeeded(self, backend: Backend) -> None:
+        self._backoff.pop(backend.description, None)
+        self._down_until.pop(backend.description, None)
 
     def _failed(self, backend: Backend, reason: Failure) -> str:
         self.connect_failures[backend.description] += 1
+        backoff = min(MAX_BACKOFF, self._backoff.get(backend.description, 0) * 2 or 1.0)
+        self._backoff[backend.description] = backoff
+        self._down_until[backend.description] = self._clock.seconds() + backoff
         if reason.check(TimeoutError):
             why = f"no connection within {self._timeout:g}s"
         else:
             why = reason.getErrorMessage()
         self._log.warn(
-            "{listener}: backend {backend} failed: {why}",
+            "{listener}: backend {backend} failed: {why}; skipped for {backoff:g}s",
+            backoff=self._backoff[backend.description],
             listener=self.name,
             backend=backend.description,
             why=why,
@@ -126,6 +162,7 @@ class _Attempt:
 
         def connected(protocol: IProtocol) -> None:
             self._current = None
+            self._pool._succeeded(backend)
             self.result.callback(protocol)
 
         def failed(reason: Failure) -> None:

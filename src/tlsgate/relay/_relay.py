@@ -10,6 +10,11 @@ the bytes already received are written (C{loseConnection} flushes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IHandshakeListener,
@@ -21,6 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsgate.proxy import ConnectionFacts
+from tlsgate.proxy import encode as encode_proxy
 from tlsgate.relay._backends import BackendPool
 from tlsgate.tracker._limits import CloseReason
 
@@ -56,9 +63,15 @@ class RelayProtocol(Protocol):
     #: Set when the backend side ended the connection; read by the tracker.
     close_reason: CloseReason | None = None
 
-    def __init__(self, pool: BackendPool, connect_after_handshake: bool = True) -> None:
+    def __init__(
+        self,
+        pool: BackendPool,
+        connect_after_handshake: bool = True,
+        proxy_protocol: str | None = None,
+    ) -> None:
         self.pool = pool
         self._after_handshake = connect_after_handshake
+        self._proxy_protocol = proxy_protocol
         self._early: list[bytes] = []
         self._early_size = 0
         self._connecting: object = None
@@ -88,8 +101,13 @@ class RelayProtocol(Protocol):
             btransport.loseConnection()  # type: ignore[union-attr]
             return
         self.backend = backend
+        backend.adopted = True
         assert btransport is not None and self.transport is not None
         _no_delay(btransport)
+        if self._proxy_protocol is not None:
+            btransport.write(
+                encode_proxy(self._proxy_protocol, facts_of(self.transport))
+            )
         if self._early:
             btransport.writeSequence(self._early)
             self._early = []
@@ -157,17 +175,46 @@ class RelayProtocol(Protocol):
             backend.transport.loseConnection()
 
 
+@implementer(IHandshakeListener)
 class _BackendProtocol(Protocol):
-    """The backend side of one relayed connection: everything goes to the client."""
+    """
+    The backend side of one relayed connection: everything goes to the client.
+
+    Over TLS, C{when_ready()} fires only once the backend's handshake
+    completed, so a failed attempt (which never reaches the client) can be
+    retried; only the attempt the relay adopted reports its close.
+    """
+
+    adopted = False
+    remember_session: Callable[[object], None] | None = None
 
     def __init__(self, client: RelayProtocol) -> None:
         self.client = client
+        self._ready: Deferred[_BackendProtocol] | None = None
+        self._seen_data = False
+
+    def when_ready(self) -> Deferred[_BackendProtocol]:
+        self._ready = Deferred(lambda d: self.transport.abortConnection())  # type: ignore[union-attr]
+        return self._ready
+
+    def handshakeCompleted(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._seen_data:
+            self._seen_data = True
+            if self.remember_session is not None:
+                self.remember_session(self.transport)  # TLS 1.3 tickets are in by now
         self.client.backend_data(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.client.backend_lost()
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.errback(reason)
+        if self.adopted:
+            self.client.backend_lost()
 
 
 class _BackendFactory(Factory):
@@ -182,6 +229,37 @@ class _BackendFactory(Factory):
         return _BackendProtocol(self.client)
 
 
+def facts_of(transport: object) -> ConnectionFacts:
+    """What a PROXY header says about the client connection under C{transport}."""
+
+    def address(addr: object) -> tuple[str, int] | None:
+        host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+        return (host, port) if isinstance(host, str) and isinstance(port, int) else None
+
+    source = address(transport.getPeer())  # type: ignore[attr-defined]
+    destination = address(transport.getHost())  # type: ignore[attr-defined]
+    handle = getattr(transport, "getHandle", None)
+    connection = handle() if handle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return ConnectionFacts(source, destination)
+    name = connection.get_servername()
+    cn = None
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    if peer is not None:
+        cns = peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(cns[0].value) if cns else None
+    return ConnectionFacts(
+        source,
+        destination,
+        tls_version=connection.get_protocol_version_name(),
+        cipher=connection.get_cipher_name(),
+        sni=name.decode("idna") if name else None,
+        alpn=connection.get_alpn_proto_negotiated() or None,
+        client_cn=cn,
+        client_cert_verified=peer is not None,
+    )
+
+
 class RelayFactory(Factory):
     """
     Builds a L{RelayProtocol} per accepted connection, all sharing one pool.
@@ -191,12 +269,18 @@ class RelayFactory(Factory):
 
     noisy = False
 
-    def __init__(self, pool: BackendPool, connect_after_handshake: bool = True) -> None:
+    def __init__(
+        self,
+        pool: BackendPool,
+        connect_after_handshake: bool = True,
+        proxy_protocol: str | None = None,
+    ) -> None:
         self.pool = pool
         self.connect_after_handshake = connect_after_handshake
+        self.proxy_protocol = proxy_protocol
 
     def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
-        p = RelayProtocol(self.pool, self.connect_after_handshake)
+        p = RelayProtocol(self.pool, self.connect_after_handshake, self.proxy_protocol)
         p.factory = self
         return p
 
