@@ -213,6 +213,8 @@ class _BackendProtocol(Protocol):
         ready, self._ready = self._ready, None
         if ready is not None:
             ready.errback(reason)
+        elif not self._seen_data and self.remember_session is not None:
+            self.remember_session(self.transport)  # a ticket may have come alone
         if self.adopted:
             self.client.backend_lost()
 
