@@ -33,8 +33,19 @@ if TYPE_CHECKING:
 _log = Logger()
 
 
+_CONTEXT_KEYS = (
+    "cert",
+    "key",
+    "tls",
+    "client_ca",
+    "client_auth",
+    "allow",
+    "ocsp_response",
+)
+
+
 def _same_certificates(a: ListenerConfig, b: ListenerConfig) -> bool:
-    return (a.cert, a.key, a.tls) == (b.cert, b.key, b.tls)
+    return all(getattr(a, k) == getattr(b, k) for k in _CONTEXT_KEYS)
 
 
 _BACKEND_KEYS = (
@@ -57,7 +68,7 @@ async def reconfigure(
     @raise tlsgate.errors.TlsgateError: before anything changed, when the new
         config cannot be applied (e.g. a new certificate cannot be served).
     """
-    from tlsgate.service import build_listener, build_pool
+    from tlsgate.service import build_contexts, build_listener, build_pool
 
     old = gateway.listeners
     wanted = {lc.name: lc for lc in new.listeners}
@@ -74,10 +85,7 @@ async def reconfigure(
         if not _same_backends(current.config, lc):
             pools[name] = build_pool(lc, reactor)
         if current.config != lc and not _same_certificates(current.config, lc):
-            contexts[name] = ReloadingContextFactory(
-                lc.cert, lc.key, policy=lc.tls, name=lc.name,
-                first_generation=current.contexts.generation + 1,
-            )  # fmt: skip
+            contexts[name] = build_contexts(lc, current.contexts.generation + 1)
 
     # 2. Apply. Ports given up are closed before new ones bind, so a port can
     # move from one listener to another.

@@ -30,7 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsgate.certs import ReloadingContextFactory
+from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
@@ -249,15 +249,33 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
     )  # fmt: skip
 
 
+def build_contexts(
+    config: ListenerConfig, first_generation: int = 1
+) -> ReloadingContextFactory:
+    """The listener's reloading context factory, with client auth and OCSP."""
+    client_auth = None
+    if config.client_ca is not None and config.client_auth != "none":
+        client_auth = ClientAuth(
+            config.client_ca,
+            require=config.client_auth == "require",
+            allow=config.allow,
+        )
+    ocsp = (
+        OcspStaple(config.ocsp_response, config.name) if config.ocsp_response else None
+    )
+    return ReloadingContextFactory(
+        config.cert, config.key, policy=config.tls, name=config.name,
+        first_generation=first_generation, client_auth=client_auth, ocsp=ocsp,
+    )  # fmt: skip
+
+
 def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     """
     Build one listener's parts.
 
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
     """
-    contexts = ReloadingContextFactory(
-        config.cert, config.key, policy=config.tls, name=config.name
-    )
+    contexts = build_contexts(config)
     clock: IReactorTime = reactor  # type: ignore[assignment]
     pool = build_pool(config, reactor)
     tracker = ConnectionTracker(

@@ -6,7 +6,9 @@ the TLS policy of a server context, and the reloading context factory that
 looks at the files on disk for every new connection.
 """
 
+from tlsgate.certs._clientauth import ClientAuth
 from tlsgate.certs._material import CertifiedKey, certificate_names, parse_certified_key
+from tlsgate.certs._ocsp import OcspStaple, OcspStatus, check_response
 from tlsgate.certs._policy import (
     TLSPolicy,
     build_server_context,
@@ -20,11 +22,15 @@ __all__ = [
     "RACY_WINDOW_NS",
     "CertificateState",
     "CertifiedKey",
+    "ClientAuth",
+    "OcspStaple",
+    "OcspStatus",
     "ReloadingContextFactory",
     "TLSPolicy",
     "build_server_context",
     "certificate_names",
     "check_cipher_string",
+    "check_response",
     "parse_certified_key",
     "session_reused",
 ]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from OpenSSL import SSL
+from cryptography import x509
+from OpenSSL import SSL, crypto
 
 from tlsgate.certs._material import CertifiedKey
 
@@ -31,12 +33,14 @@ class TLSPolicy:
     @ivar ciphers: an OpenSSL cipher string for TLS 1.2 (1.3 suites are all AEAD).
     @ivar session_resumption: offer session tickets and a session cache.
     @ivar session_timeout: seconds a session may be resumed.
+    @ivar alpn: protocols offered by ALPN, in the server's order of preference.
     """
 
     min_version: str = "1.2"
     ciphers: str = DEFAULT_CIPHERS
     session_resumption: bool = True
     session_timeout: float = 300.0
+    alpn: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.min_version not in _VERSIONS:
@@ -70,12 +74,31 @@ def check_cipher_string(ciphers: str) -> str | None:
     return None
 
 
-def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Context:
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+def build_server_context(
+    material: CertifiedKey,
+    policy: TLSPolicy,
+    *,
+    client_cas: Sequence[x509.Certificate] = (),
+    require_client_cert: bool = True,
+    verify: VerifyCallback | None = None,
+    ocsp: Callable[[CertifiedKey], bytes] | None = None,
+) -> SSL.Context:
     """
     Make a fresh server context serving C{material} under C{policy}.
 
-    A new context per certificate generation also means a new session cache
-    and new ticket keys, so no session resumes across a certificate change.
+    A new context per certificate (or client CA) generation also means a new
+    session cache and new ticket keys, so no session resumes across a change:
+    a session made before a CA bundle changed can never skip verification
+    under the new one.
+
+    @param client_cas: trust for client certificates; empty: none asked for.
+    @param require_client_cert: with C{client_cas}, refuse clients without one.
+    @param verify: called for each certificate of a client's chain, as
+        OpenSSL's verify callback; returns whether to go on.
+    @param ocsp: gives the DER OCSP response to staple, or C{b""} for none.
     """
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_VERSIONS[policy.min_version])
@@ -94,6 +117,29 @@ def build_server_context(material: CertifiedKey, policy: TLSPolicy) -> SSL.Conte
         ctx.add_extra_chain_cert(extra)
     ctx.use_privatekey(material.key)
     ctx.check_privatekey()
+
+    if client_cas:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for ca in client_cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            ctx.add_client_ca(ca)
+        mode = SSL.VERIFY_PEER
+        if require_client_cert:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, verify or (lambda conn, cert, errno, depth, ok: bool(ok)))
+    if policy.alpn:
+        offered = [p.encode("ascii") for p in policy.alpn]
+
+        def select(conn: SSL.Connection, protocols: list[bytes]) -> bytes | object:
+            for p in offered:
+                if p in protocols:
+                    return p
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+
+        ctx.set_alpn_select_callback(select)  # type: ignore[arg-type]
+    if ocsp is not None:
+        ctx.set_ocsp_server_callback(lambda conn, data: ocsp(material))
 
     # A session ID context is required for client certificates and harmless
     # otherwise; it is random per context, binding sessions to this generation.

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
@@ -26,7 +27,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from tlsgate.certs._clientauth import ClientAuth, make_verify, parse_ca_bundle
 from tlsgate.certs._material import CertifiedKey, parse_certified_key
+from tlsgate.certs._ocsp import OcspStaple
 from tlsgate.certs._policy import TLSPolicy, build_server_context
 from tlsgate.certs._stamps import (
     RACY_WINDOW_NS,
@@ -97,6 +100,8 @@ class ReloadingContextFactory:
         wallclock: Callable[[], int] = time.time_ns,
         stat: StatFunction = os.stat,
         first_generation: int = 1,
+        client_auth: ClientAuth | None = None,
+        ocsp: OcspStaple | None = None,
     ) -> None:
         self.cert_path = os.fspath(cert_path)
         self.key_path = None if key_path in (None, cert_path) else os.fspath(key_path)
@@ -104,11 +109,15 @@ class ReloadingContextFactory:
         self.name = name
         self._wallclock = wallclock
         self._stat = stat
+        self.client_auth = client_auth
+        self.ocsp = ocsp
+        self._verify = make_verify(client_auth, name) if client_auth else None
         self._paths: tuple[str, ...] = (
             (self.cert_path,)
             if self.key_path is None
             else (self.cert_path, self.key_path)
-        )
+        ) + ((client_auth.ca_path,) if client_auth else ())
+        self.client_cas: tuple[x509.Certificate, ...] = ()
         self.listeners: list[ChangeListener] = []
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -121,7 +130,7 @@ class ReloadingContextFactory:
         reads = [read_file(p) for p in self._paths]
         now = self._wallclock()
         self._seen = Snapshot.take(stamps, reads, now)
-        material = self._parse(reads)  # raises: nothing to fall back to yet
+        material, cas = self._parse(reads)  # raises: nothing to fall back to yet
         problem = material.validity_problem(_utc(now))
         if problem is not None:
             self._log.critical(
@@ -132,7 +141,7 @@ class ReloadingContextFactory:
                 cert=self.cert_path,
                 event="certificate_invalid_at_start",
             )
-        self._install(material, now)
+        self._install(material, cas, now)
 
     # -- the per-connection path ------------------------------------------
 
@@ -196,7 +205,7 @@ class ReloadingContextFactory:
             self._last_error = None
             return self._context
         try:
-            material = self._parse(reads)
+            material, cas = self._parse(reads)
             problem = material.validity_problem(_utc(now))
             if problem is not None:
                 raise CertificateError(
@@ -204,25 +213,46 @@ class ReloadingContextFactory:
                     f" {self._material.fingerprint_sha256[:16]}",
                     paths=self._paths,
                 )
-            self._install(material, now)
+            self._install(material, cas, now)
         except CertificateError as e:
             self._fail(e)
         return self._context
 
-    def _parse(self, reads: list[FileRead]) -> CertifiedKey:
+    def _parse(
+        self, reads: list[FileRead]
+    ) -> tuple[CertifiedKey, tuple[x509.Certificate, ...]]:
         for r in reads:
             if r.content is None:
                 raise CertificateError(r.error or "unreadable", paths=[r.path])
+        cas: tuple[x509.Certificate, ...] = ()
+        if self.client_auth is not None:
+            ca_read = reads[-1]
+            reads = reads[:-1]
+            cas = parse_ca_bundle(ca_read.content or b"", ca_read.path)
         cert = reads[0].content
         key = reads[1].content if len(reads) > 1 else None
         assert cert is not None
-        return parse_certified_key(
+        material = parse_certified_key(
             cert, key, cert_path=self.cert_path, key_path=self.key_path
         )
+        return material, cas
 
-    def _install(self, material: CertifiedKey, now_ns: int) -> None:
+    def _install(
+        self,
+        material: CertifiedKey,
+        client_cas: tuple[x509.Certificate, ...],
+        now_ns: int,
+    ) -> None:
         try:
-            context = build_server_context(material, self.policy)
+            context = build_server_context(
+                material,
+                self.policy,
+                client_cas=client_cas,
+                require_client_cert=self.client_auth is None
+                or self.client_auth.require,
+                verify=self._verify,
+                ocsp=self.ocsp.for_material if self.ocsp is not None else None,
+            )
         except SSL.Error as e:
             raise CertificateError(
                 f"OpenSSL refused it: {e}", paths=self._paths
@@ -230,6 +260,7 @@ class ReloadingContextFactory:
         self._warn_key_permissions()
         self._context = context
         self._material = material
+        self.client_cas = client_cas
         self._generation += 1
         self._loaded_at = _utc(now_ns)
         self._good_digests = self._seen.digests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tlsgate.auth import AllowRules
 from tlsgate.certs import TLSPolicy
 from tlsgate.tracker import Limits
 
@@ -35,6 +36,10 @@ class ListenerConfig:
     backend_server_name: str | None = None
     backend_cert: str | None = None
     backend_key: str | None = None
+    client_ca: str | None = None
+    client_auth: str = "none"
+    allow: AllowRules | None = None
+    ocsp_response: str | None = None
 
 
 @dataclass(frozen=True)

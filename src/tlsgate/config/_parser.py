@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from tlsgate.auth import parse_allow
 from tlsgate.certs import TLSPolicy, check_cipher_string
 from tlsgate.config._model import GatewayConfig, ListenerConfig
 from tlsgate.config._values import (
@@ -43,9 +44,6 @@ LISTENER_KEYS = (
 #: with the capability they belong to. Refused, never ignored.
 NOT_YET: dict[str, str] = {
     **dict.fromkeys(("sni_dir", "sni_strict"), "SNI certificate directories"),
-    **dict.fromkeys(("client_ca", "client_auth", "allow"), "client certificates"),
-    "ocsp_response": "OCSP stapling",
-    "alpn": "ALPN",
 }  # fmt: skip
 
 _REQUIRED = ("listen", "backend", "cert")
@@ -142,6 +140,16 @@ def _path(text: str, base: str) -> str:
     if not text.strip():
         raise ValueError("empty path")
     return os.path.join(base, os.path.expanduser(text.strip()))
+
+
+def _alpn(text: str) -> tuple[str, ...]:
+    protocols = tuple(text.split())
+    if not protocols:
+        raise ValueError("no protocol given (e.g. h2 http/1.1)")
+    for p in protocols:
+        if not p.isascii() or len(p) > 255:
+            raise ValueError(f"{p!r} is not an ALPN protocol name")
+    return protocols
 
 
 def _proxy_protocol(text: str) -> str | None:
@@ -281,6 +289,15 @@ def _parse_listener(
         "key": (values, "key", path),
         "backend_connect_timeout": (values, "backend_connect_timeout", parse_duration),
         "proxy_protocol": (values, "proxy_protocol", _proxy_protocol),
+        "client_ca": (values, "client_ca", path),
+        "client_auth": (
+            values,
+            "client_auth",
+            lambda t: parse_choice(t, ("none", "request", "require")),
+        ),
+        "allow": (values, "allow", parse_allow),
+        "ocsp_response": (values, "ocsp_response", path),
+        "alpn": (tls, "alpn", _alpn),
         "backend_tls": (values, "backend_tls", parse_bool),
         "backend_ca": (values, "backend_ca", path),
         "backend_server_name": (values, "backend_server_name", _server_name),
@@ -313,6 +330,15 @@ def _parse_listener(
     for key in _REQUIRED:
         if key not in items:
             errors.add("required key is missing", section, key)
+    if "client_ca" in values and "client_auth" not in values:
+        values["client_auth"] = "require"
+    if "client_ca" not in values:
+        for key in ("client_auth", "allow"):
+            if key in items and (key != "client_auth" or values.get(key) != "none"):
+                errors.add("needs client_ca (the CAs client certificates must chain to)",
+                           section, key)  # fmt: skip
+    elif "allow" in values and values.get("client_auth") == "none":
+        errors.add("has no effect with client_auth = none", section, "allow")
     if not values.get("backend_tls"):
         for key in ("backend_ca", "backend_server_name", "backend_cert", "backend_key"):
             if key in items:

@@ -57,7 +57,7 @@ class TrackedProtocol(Protocol):
     __slots__ = (
         "_aborting", "_active", "_bucket", "_finished", "_last", "_last_out", "_lifetime_at",
         "_quiet_deadline", "_rotation", "_timer", "_tls", "bytes_in", "bytes_out",
-        "closing", "connected", "generation", "handshake_done", "peer", "reason",
+        "closing", "connected", "generation", "handshake_done", "identity", "peer", "reason",
         "started", "tracker", "transport", "wrapped",
     )  # fmt: skip
 
@@ -75,6 +75,8 @@ class TrackedProtocol(Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: CloseReason | None = None
+        #: The verified client certificate's identity (mutual TLS), if any.
+        self.identity: Any = None
         self.closing = False
         self.handshake_done = False
         self._tls = False
@@ -116,6 +118,15 @@ class TrackedProtocol(Protocol):
         if IHandshakeListener.providedBy(self.wrapped):
             self.wrapped.handshakeCompleted()
 
+    def client_verified(self, identity: Any) -> None:
+        """Called during the handshake with the verified client identity."""
+        self.identity = identity
+
+    def client_denied(self, identity: Any) -> None:
+        """Called during the handshake when no C{allow} rule admits the client."""
+        self.identity = identity
+        self.reason = CloseReason.DENIED
+
     def dataReceived(self, data: bytes) -> None:
         self._last = self.tracker.now
         self._active = True
@@ -147,6 +158,14 @@ class TrackedProtocol(Protocol):
         # client that merely connects and leaves, as TCP health checks do, is a
         # plain client close even before any handshake.
         if isinstance(reason.value, SSL.Error):
+            # A client certificate missing or not trusted is a denial, not a
+            # TLS fault of the client's.
+            text = str(reason.value)
+            if (
+                "did not return a certificate" in text
+                or "certificate verify failed" in text
+            ):
+                return CloseReason.DENIED
             return CloseReason.TLS_ERROR
         return CloseReason.CLIENT
 

@@ -65,6 +65,7 @@ class ConnectionInfo:
     generation: int
     sni: str | None
     closing: bool
+    identity: str | None = None
 
 
 @implementer(IProtocolFactory)
@@ -296,6 +297,7 @@ class ConnectionTracker:
                     peer=c.peer, age=now - c.started, idle=c.idle_seconds,
                     bytes_in=c.bytes_in, bytes_out=c.bytes_out,
                     generation=c.generation, sni=sni, closing=c.closing,
+                    identity=c.identity.describe() if c.identity else None,
                 )
             )  # fmt: skip
         return out
