@@ -58,3 +58,46 @@ def write_atomically(path: Path | str, data: bytes, mode: int = 0o600) -> None:
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def make_client_pair(
+    ca: trustme.CA, cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()
+) -> Pair:
+    """A client certificate with a CN and DNS/URI SANs (trustme has no URI SANs)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(
+        ca.private_key_pem.bytes(), password=None
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = utcnow()
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(names), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return Pair(
+        chain=cert.public_bytes(Encoding.PEM),
+        key=key.private_bytes(
+            Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )

@@ -17,9 +17,10 @@ from typing import TextIO
 from twisted.python import usage
 
 from tlsgate._version import __version__
-from tlsgate.certs import CertifiedKey, parse_certified_key
+from tlsgate.certs import CertifiedKey, check_response, parse_certified_key
+from tlsgate.certs._clientauth import parse_ca_bundle
 from tlsgate.certs._stamps import read_file
-from tlsgate.config import load_config
+from tlsgate.config import ListenerConfig, load_config
 from tlsgate.errors import CertificateError, ConfigErrors
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -107,6 +108,8 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
         if problem is not None:
             print(f"error: {where} cert: {listener.cert}: {problem}", file=out)
             problems += 1
+        problems += _check_client_ca(listener, where, out, now)
+        problems += _check_ocsp(listener, material, where, out, now)
         key_path = listener.key or listener.cert
         if os.stat(key_path).st_mode & 0o077:
             print(
@@ -114,6 +117,72 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
                 file=out,
             )
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _check_client_ca(
+    listener: ListenerConfig, where: str, out: TextIO, now: datetime.datetime
+) -> int:
+    if listener.client_ca is None:
+        return 0
+    read = read_file(listener.client_ca)
+    try:
+        if read.content is None:
+            raise CertificateError(
+                read.error or "unreadable", paths=[listener.client_ca]
+            )
+        cas = parse_ca_bundle(read.content, listener.client_ca)
+    except CertificateError as e:
+        print(f"error: {where} client_ca: {e}", file=out)
+        return 1
+    earliest = min(c.not_valid_after_utc for c in cas)
+    days = int((earliest - now).total_seconds() // 86400)
+    print(
+        f"{listener.name}: client_ca {listener.client_ca}: {len(cas)} certificates,"
+        f" earliest not_after={earliest.strftime('%Y-%m-%dT%H:%M:%SZ')} days_left={days}",
+        file=out,
+    )
+    if earliest <= now:
+        print(
+            f"error: {where} client_ca: a CA in {listener.client_ca} has expired",
+            file=out,
+        )
+        return 1
+    return 0
+
+
+def _check_ocsp(
+    listener: ListenerConfig,
+    material: CertifiedKey,
+    where: str,
+    out: TextIO,
+    now: datetime.datetime,
+) -> int:
+    if listener.ocsp_response is None:
+        return 0
+    read = read_file(listener.ocsp_response)
+    if read.content is None:
+        print(
+            f"error: {where} ocsp_response: {listener.ocsp_response}: {read.error}",
+            file=out,
+        )
+        return 1
+    status = check_response(read.content, material, now)
+    next_update = (
+        status.next_update.strftime("%Y-%m-%dT%H:%M:%SZ") if status.next_update else "-"
+    )
+    print(
+        f"{listener.name}: ocsp_response {listener.ocsp_response}: status={status.detail}"
+        f" next_update={next_update}",
+        file=out,
+    )
+    if not status.usable:
+        print(
+            f"error: {where} ocsp_response: {listener.ocsp_response}: will not be"
+            f" stapled: {status.detail}",
+            file=out,
+        )
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,3 +104,24 @@ def test_version_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == EXIT_USAGE
     assert main(["check"]) == EXIT_USAGE
     assert main(["frobnicate"]) == EXIT_USAGE
+
+
+def test_check_reports_the_client_ca_and_the_ocsp_response(tmp_path: Path) -> None:
+    from tests.unit.test_auth_and_ocsp import ocsp_for
+
+    ca, clients = trustme.CA(), trustme.CA()
+    pair = make_pair(ca)
+    write(tmp_path / "web.pem", pair.chain)
+    write(tmp_path / "web.key", pair.key)
+    (tmp_path / "clients.pem").write_bytes(clients.cert_pem.bytes())
+    (tmp_path / "ocsp.der").write_bytes(ocsp_for(ca, pair.chain))
+    path = config(tmp_path, client_ca="clients.pem", ocsp_response="ocsp.der")
+    out = io.StringIO()
+    assert check(str(path), out) == EXIT_OK, out.getvalue()
+    text = out.getvalue()
+    assert "client_ca" in text and "1 certificates" in text
+    assert "ocsp_response" in text and "status=good" in text
+    (tmp_path / "ocsp.der").write_bytes(ocsp_for(ca, pair.chain, next_update_days=-1))
+    out = io.StringIO()
+    assert check(str(path), out) == EXIT_PROBLEMS
+    assert "will not be stapled: stale" in out.getvalue()
