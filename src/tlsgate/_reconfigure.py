@@ -41,6 +41,8 @@ _CONTEXT_KEYS = (
     "client_auth",
     "allow",
     "ocsp_response",
+    "sni_dir",
+    "sni_strict",
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
@@ -35,6 +36,7 @@ from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
+from tlsgate.sni import SniDirectory, install_servername_callback
 from tlsgate.tracker import ConnectionTracker
 from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
@@ -263,10 +265,31 @@ def build_contexts(
     ocsp = (
         OcspStaple(config.ocsp_response, config.name) if config.ocsp_response else None
     )
-    return ReloadingContextFactory(
+    sni = None
+    if config.sni_dir is not None:
+        sni = SniDirectory(
+            config.sni_dir,
+            lambda cert, key: ReloadingContextFactory(
+                cert,
+                key,
+                policy=config.tls,
+                name=f"{config.name} sni_dir",
+                client_auth=client_auth,
+            ),
+            name=config.name,
+        )
+    on_context = None
+    if sni is not None or config.sni_strict:
+        on_context = partial(
+            install_servername_callback, directory=sni, strict=config.sni_strict
+        )
+    contexts = ReloadingContextFactory(
         config.cert, config.key, policy=config.tls, name=config.name,
         first_generation=first_generation, client_auth=client_auth, ocsp=ocsp,
+        on_context=on_context,
     )  # fmt: skip
+    contexts.sni = sni
+    return contexts
 
 
 def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:

@@ -80,6 +80,8 @@ class ReloadingContextFactory:
     @param name: a label for log lines (the listener name in the gateway).
     @param wallclock: nanoseconds since the epoch; injected by tests.
     @param stat: C{os.stat}-like; injected by tests to pin stamps.
+    @param on_context: called with each new context before it is used (the
+        gateway installs its SNI callback this way).
     @param first_generation: the generation of the certificate loaded now; a
         config reload that replaces a factory continues its predecessor's
         numbering so that generations only grow.
@@ -102,6 +104,7 @@ class ReloadingContextFactory:
         first_generation: int = 1,
         client_auth: ClientAuth | None = None,
         ocsp: OcspStaple | None = None,
+        on_context: Callable[[SSL.Context], None] | None = None,
     ) -> None:
         self.cert_path = os.fspath(cert_path)
         self.key_path = None if key_path in (None, cert_path) else os.fspath(key_path)
@@ -111,6 +114,9 @@ class ReloadingContextFactory:
         self._stat = stat
         self.client_auth = client_auth
         self.ocsp = ocsp
+        self._on_context = on_context
+        #: The listener's SNI directory, when it has one (for status pages).
+        self.sni: object | None = None
         self._verify = make_verify(client_auth, name) if client_auth else None
         self._paths: tuple[str, ...] = (
             (self.cert_path,)
@@ -253,6 +259,8 @@ class ReloadingContextFactory:
                 verify=self._verify,
                 ocsp=self.ocsp.for_material if self.ocsp is not None else None,
             )
+            if self._on_context is not None:
+                self._on_context(context)
         except SSL.Error as e:
             raise CertificateError(
                 f"OpenSSL refused it: {e}", paths=self._paths

@@ -40,6 +40,8 @@ class ListenerConfig:
     client_auth: str = "none"
     allow: AllowRules | None = None
     ocsp_response: str | None = None
+    sni_dir: str | None = None
+    sni_strict: bool = False
 
 
 @dataclass(frozen=True)

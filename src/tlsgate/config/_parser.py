@@ -42,9 +42,7 @@ LISTENER_KEYS = (
 
 #: Keys of the interface that are known but not implemented in this version,
 #: with the capability they belong to. Refused, never ignored.
-NOT_YET: dict[str, str] = {
-    **dict.fromkeys(("sni_dir", "sni_strict"), "SNI certificate directories"),
-}  # fmt: skip
+NOT_YET: dict[str, str] = {}
 
 _REQUIRED = ("listen", "backend", "cert")
 _TLS_ENDPOINTS = ("ssl", "tls")
@@ -297,6 +295,8 @@ def _parse_listener(
         ),
         "allow": (values, "allow", parse_allow),
         "ocsp_response": (values, "ocsp_response", path),
+        "sni_dir": (values, "sni_dir", path),
+        "sni_strict": (values, "sni_strict", parse_bool),
         "alpn": (tls, "alpn", _alpn),
         "backend_tls": (values, "backend_tls", parse_bool),
         "backend_ca": (values, "backend_ca", path),
