@@ -22,6 +22,7 @@ from tlsgate.certs._clientauth import parse_ca_bundle
 from tlsgate.certs._stamps import read_file
 from tlsgate.config import ListenerConfig, load_config
 from tlsgate.errors import CertificateError, ConfigErrors
+from tlsgate.sni._directory import _pairs
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -108,6 +109,7 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
         if problem is not None:
             print(f"error: {where} cert: {listener.cert}: {problem}", file=out)
             problems += 1
+        problems += _check_sni_dir(listener, where, out, now)
         problems += _check_client_ca(listener, where, out, now)
         problems += _check_ocsp(listener, material, where, out, now)
         key_path = listener.key or listener.cert
@@ -117,6 +119,37 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
                 file=out,
             )
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _check_sni_dir(
+    listener: ListenerConfig, where: str, out: TextIO, now: datetime.datetime
+) -> int:
+    if listener.sni_dir is None:
+        return 0
+    if not os.path.isdir(listener.sni_dir):
+        print(f"error: {where} sni_dir: {listener.sni_dir}: not a directory", file=out)
+        return 1
+    problems = 0
+    for cert, key in _pairs(listener.sni_dir).values():
+        reads = [read_file(cert)] + ([read_file(key)] if key else [])
+        try:
+            for r in reads:
+                if r.content is None:
+                    raise CertificateError(r.error or "unreadable", paths=[r.path])
+            material = parse_certified_key(
+                reads[0].content or b"", reads[1].content if key else None,
+                cert_path=cert, key_path=key,
+            )  # fmt: skip
+        except CertificateError as e:
+            print(f"error: {where} sni_dir: {e}", file=out)
+            problems += 1
+            continue
+        print(f"{listener.name}: sni_dir {cert}: {describe(material, now)}", file=out)
+        problem = material.validity_problem(now)
+        if problem is not None:
+            print(f"error: {where} sni_dir: {cert}: {problem}", file=out)
+            problems += 1
+    return problems
 
 
 def _check_client_ca(

@@ -125,3 +125,23 @@ def test_check_reports_the_client_ca_and_the_ocsp_response(tmp_path: Path) -> No
     out = io.StringIO()
     assert check(str(path), out) == EXIT_PROBLEMS
     assert "will not be stapled: stale" in out.getvalue()
+
+
+def test_check_reports_every_certificate_of_the_sni_dir(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pair = make_pair(ca)
+    write(tmp_path / "web.pem", pair.chain)
+    write(tmp_path / "web.key", pair.key)
+    (tmp_path / "certs").mkdir()
+    a, b = make_pair(ca, "a.example"), make_pair(ca, "b.example")
+    write(tmp_path / "certs" / "a.pem", a.chain + a.key)
+    write(tmp_path / "certs" / "b.crt", b.chain)
+    write(tmp_path / "certs" / "b.key", b.key)
+    out = io.StringIO()
+    assert check(str(config(tmp_path, sni_dir="certs")), out) == EXIT_OK, out.getvalue()
+    assert f"sha256={a.fingerprint}" in out.getvalue()
+    assert f"sha256={b.fingerprint}" in out.getvalue()
+    write(tmp_path / "certs" / "c.pem", b"garbage")
+    out = io.StringIO()
+    assert check(str(config(tmp_path, sni_dir="certs")), out) == EXIT_PROBLEMS
+    assert "sni_dir" in out.getvalue() and "c.pem" in out.getvalue()

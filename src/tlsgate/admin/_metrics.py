@@ -102,6 +102,12 @@ class GatewayCollector:
             not_after.add_metric(
                 [name, material.fingerprint_sha256], material.not_after.timestamp()
             )
+            for entry in getattr(contexts.sni, "entries", {}).values():
+                sni_material = entry.factory.state.material
+                not_after.add_metric(
+                    [name, sni_material.fingerprint_sha256],
+                    sni_material.not_after.timestamp(),
+                )
             for backend in pool.backends:
                 backend_failures.add_metric(
                     [name, backend.description],

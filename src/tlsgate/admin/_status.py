@@ -32,6 +32,26 @@ def certificate_status(listener: Listener) -> dict[str, Any]:
     }
 
 
+def _sni_status(listener: Listener) -> list[dict[str, Any]]:
+    sni = listener.contexts.sni
+    if sni is None:
+        return []
+    out = []
+    for entry in getattr(sni, "entries", {}).values():
+        state = entry.factory.state
+        m = state.material
+        out.append({
+            "path": entry.cert, "key_path": entry.key or entry.cert, "sni": True,
+            "names": list(m.names), "fingerprint_sha256": m.fingerprint_sha256,
+            "not_before": _iso(m.not_before), "not_after": _iso(m.not_after),
+            "generation": state.generation, "loaded_at": state.loaded_at.isoformat(),
+            "last_error": state.last_error,
+        })  # fmt: skip
+    for path, error in getattr(sni, "errors", {}).items():
+        out.append({"path": path, "sni": True, "last_error": error})
+    return out
+
+
 def listener_status(listener: Listener) -> dict[str, Any]:
     tracker = listener.tracker
     return {
@@ -45,7 +65,7 @@ def listener_status(listener: Listener) -> dict[str, Any]:
             "accepted": tracker.accepted,
             "closed": {r.value: n for r, n in sorted(tracker.closed.items())},
         },
-        "certificates": [certificate_status(listener)],
+        "certificates": [certificate_status(listener), *_sni_status(listener)],
         "backends": [
             {
                 "backend": b.description,
