@@ -531,3 +531,56 @@ def test_session_timeout_zero_means_no_limit(files: Any, clock: Clock) -> None:
     assert factory.getContext().get_timeout() == 0x7FFFFFFF
     factory = make_factory(cert, key, clock, policy=TLSPolicy(session_timeout=0.25))
     assert factory.getContext().get_timeout() == 1
+
+
+_CLIENT_CTX = SSL.Context(SSL.TLS_CLIENT_METHOD)
+_CLIENT_CTX.set_max_proto_version(SSL.TLS1_2_VERSION)
+
+
+def resumed_after(
+    server_ctx: SSL.Context, session: SSL.Session | None
+) -> tuple[bool, SSL.Session]:
+    """One TLS 1.2 handshake in memory against C{server_ctx}, offering C{session}."""
+    from tlsgate.certs import session_reused
+
+    client_ctx = _CLIENT_CTX
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    if session is not None:
+        client.set_session(session)
+    handshake(client, server)
+
+    class T:
+        def getHandle(self) -> SSL.Connection:
+            return client
+
+    return session_reused(T()), client.get_session()
+
+
+def test_resumption_is_bound_to_the_certificate_and_ca_generation(
+    tmp_path: Path, clock: Clock, ca: trustme.CA
+) -> None:
+    """No session made before a certificate or client-CA change resumes after it."""
+    from tlsgate.certs import ClientAuth
+
+    pair = make_pair(ca)
+    write(tmp_path / "c.pem", pair.chain)
+    write(tmp_path / "k.pem", pair.key)
+    (tmp_path / "clients.pem").write_bytes(trustme.CA().cert_pem.bytes())
+    factory = ReloadingContextFactory(
+        str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), wallclock=clock,
+        client_auth=ClientAuth(str(tmp_path / "clients.pem"), require=False),
+    )  # fmt: skip
+    reused, session = resumed_after(factory.getContext(), None)
+    reused, session = resumed_after(factory.getContext(), session)
+    assert reused  # same generation: resumes
+    write_atomically(tmp_path / "clients.pem", trustme.CA().cert_pem.bytes())
+    reused, session = resumed_after(factory.getContext(), session)
+    assert factory.generation == 2 and not reused  # new trust: a full handshake
+    new = make_pair(ca)
+    write_atomically(tmp_path / "k.pem", new.key)
+    write_atomically(tmp_path / "c.pem", new.chain)
+    reused, _ = resumed_after(factory.getContext(), session)
+    assert factory.generation == 3 and not reused
