@@ -17,8 +17,9 @@ from typing import TextIO
 from twisted.python import usage
 
 from tlsgate._version import __version__
-from tlsgate.certs import CertifiedKey, check_response, parse_certified_key
+from tlsgate.certs import CertifiedKey, check_response
 from tlsgate.certs._clientauth import parse_ca_bundle
+from tlsgate.certs._load import load_certified_key
 from tlsgate.certs._stamps import read_file
 from tlsgate.config import ListenerConfig, load_config
 from tlsgate.errors import CertificateError, ConfigErrors
@@ -82,26 +83,12 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
     problems = 0
     for listener in config.listeners:
         where = f"{path}: [listener:{listener.name}]"
-        reads = [read_file(listener.cert)]
-        if listener.key is not None:
-            reads.append(read_file(listener.key))
-        missing = [r for r in reads if r.content is None]
-        for r in missing:
-            key = "cert" if r.path == listener.cert else "key"
-            print(f"error: {where} {key}: {r.path}: {r.error}", file=out)
-            problems += 1
-        if missing:
-            continue
         try:
-            material = parse_certified_key(
-                reads[0].content or b"",
-                reads[1].content if len(reads) > 1 else None,
-                cert_path=listener.cert,
-                key_path=listener.key,
-            )
+            material = load_certified_key(listener.cert, listener.key)
         except CertificateError as e:
             key = "key" if listener.key and e.paths == (listener.key,) else "cert"
-            print(f"error: {where} {key}: {e}", file=out)
+            message = str(e) if len(e.paths) > 1 else f"{e.paths[0]}: {e.message}"
+            print(f"error: {where} {key}: {message}", file=out)
             problems += 1
             continue
         print(f"{listener.name}: {listener.cert}: {describe(material, now)}", file=out)
@@ -131,15 +118,8 @@ def _check_sni_dir(
         return 1
     problems = 0
     for cert, key in _pairs(listener.sni_dir).values():
-        reads = [read_file(cert)] + ([read_file(key)] if key else [])
         try:
-            for r in reads:
-                if r.content is None:
-                    raise CertificateError(r.error or "unreadable", paths=[r.path])
-            material = parse_certified_key(
-                reads[0].content or b"", reads[1].content if key else None,
-                cert_path=cert, key_path=key,
-            )  # fmt: skip
+            material = load_certified_key(cert, key)
         except CertificateError as e:
             print(f"error: {where} sni_dir: {e}", file=out)
             problems += 1

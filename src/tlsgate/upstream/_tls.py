@@ -40,7 +40,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsgate.certs import parse_certified_key, session_reused
+from tlsgate.certs import session_reused
+from tlsgate.certs._load import load_certified_key
 from tlsgate.certs._stamps import read_file
 from tlsgate.errors import CertificateError
 from tlsgate.upstream._files import FileSetWatch
@@ -76,14 +77,7 @@ def _load_client_cert(
 ) -> ssl.PrivateCertificate | None:
     if cert is None:
         return None
-    reads = [read_file(cert)] + ([read_file(key)] if key else [])
-    for r in reads:
-        if r.content is None:
-            raise CertificateError(r.error or "unreadable", paths=[r.path])
-    material = parse_certified_key(
-        reads[0].content or b"", reads[1].content if key else None,
-        cert_path=cert, key_path=key,
-    )  # fmt: skip
+    material = load_certified_key(cert, key)
     from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
     key_pem = material.key.private_bytes(
