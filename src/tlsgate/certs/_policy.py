@@ -15,8 +15,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _openssl_lib
 
 from tlsgate.certs._material import CertifiedKey
+
+#: pyOpenSSL's binding of SSL_session_reused, looked up once (it runs per handshake).
+_session_reused = getattr(_openssl_lib, "SSL_session_reused", None)
 
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 DEFAULT_GROUPS = b"X25519:P-256"
@@ -165,12 +169,9 @@ def session_reused(transport: object) -> bool:
     pyOpenSSL has no public call for it; its binding of C{SSL_session_reused}
     is used, and C{False} is the answer where either is missing.
     """
-    from OpenSSL._util import lib
-
     get_handle = getattr(transport, "getHandle", None)
-    reused = getattr(lib, "SSL_session_reused", None)
-    if get_handle is None or reused is None:
+    if get_handle is None or _session_reused is None:
         return False
     connection = get_handle()
     ssl = getattr(connection, "_ssl", None)
-    return ssl is not None and bool(reused(ssl))
+    return ssl is not None and bool(_session_reused(ssl))
