@@ -481,3 +481,15 @@ def test_tcp_health_check_before_the_handshake_is_a_client_close() -> None:
     p, _ = connect(tracker, handshake=False)
     close(p)
     assert tracker.closed == {CloseReason.CLIENT: 1}
+
+
+def test_connections_of_the_same_accept_batch_are_admitted_not_reset() -> None:
+    """Twisted accepts in batches; a pause cannot recall what it already accepted."""
+    clock = Clock()
+    tracker = tracker_for(clock, max_connections=2)
+    tracker.port = Port()  # type: ignore[assignment]
+    connect(tracker)
+    connect(tracker)
+    late, transport = connect(tracker)  # accepted in the same batch as the 2nd
+    assert isinstance(late, TrackedProtocol) and not transport.aborted
+    assert tracker.closed[CloseReason.LIMIT] == 0

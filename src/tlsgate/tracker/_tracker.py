@@ -165,8 +165,10 @@ class ConnectionTracker:
         if self._draining:
             return CloseReason.DRAIN
         cap = self.limits.max_connections
-        if cap and len(self.connections) >= cap:
-            # Only reached when the port cannot pause accepting.
+        if cap and len(self.connections) >= cap and not self._accept_paused:
+            # The port cannot pause accepting: refuse. (When it can, Twisted may
+            # still hand over the rest of the batch it accepted in one go before
+            # the pause took effect; those are admitted, not reset.)
             return CloseReason.LIMIT
         per_client = self.limits.max_connections_per_client
         if per_client and host is not None and self._per_client[host] >= per_client:
