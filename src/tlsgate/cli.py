@@ -23,7 +23,7 @@ from tlsgate.certs._load import load_certified_key
 from tlsgate.certs._stamps import read_file
 from tlsgate.config import ListenerConfig, load_config
 from tlsgate.errors import CertificateError, ConfigErrors
-from tlsgate.sni._directory import _pairs
+from tlsgate.sni import certificate_files
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -117,7 +117,7 @@ def _check_sni_dir(
         print(f"error: {where} sni_dir: {listener.sni_dir}: not a directory", file=out)
         return 1
     problems = 0
-    for cert, key in _pairs(listener.sni_dir).values():
+    for cert, key in certificate_files(listener.sni_dir).values():
         try:
             material = load_certified_key(cert, key)
         except CertificateError as e:

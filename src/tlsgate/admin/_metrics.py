@@ -102,7 +102,8 @@ class GatewayCollector:
             not_after.add_metric(
                 [name, material.fingerprint_sha256], material.not_after.timestamp()
             )
-            for entry in getattr(contexts.sni, "entries", {}).values():
+            sni_entries = contexts.sni.entries.values() if contexts.sni else ()
+            for entry in sni_entries:
                 sni_material = entry.factory.state.material
                 not_after.add_metric(
                     [name, sni_material.fingerprint_sha256],

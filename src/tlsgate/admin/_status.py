@@ -37,7 +37,7 @@ def _sni_status(listener: Listener) -> list[dict[str, Any]]:
     if sni is None:
         return []
     out = []
-    for entry in getattr(sni, "entries", {}).values():
+    for entry in sni.entries.values():
         state = entry.factory.state
         m = state.material
         out.append({
@@ -47,7 +47,7 @@ def _sni_status(listener: Listener) -> list[dict[str, Any]]:
             "generation": state.generation, "loaded_at": state.loaded_at.isoformat(),
             "last_error": state.last_error,
         })  # fmt: skip
-    for path, error in getattr(sni, "errors", {}).items():
+    for path, error in sni.errors.items():
         out.append({"path": path, "sni": True, "last_error": error})
     return out
 

@@ -16,6 +16,7 @@ import stat as statmodule
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -41,6 +42,9 @@ from tlsgate.certs._stamps import (
     stamp_of,
 )
 from tlsgate.errors import CertificateError
+
+if TYPE_CHECKING:
+    from tlsgate.sni import SniDirectory
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class ReloadingContextFactory:
         self.ocsp = ocsp
         self._on_context = on_context
         #: The listener's SNI directory, when it has one (for status pages).
-        self.sni: object | None = None
+        self.sni: SniDirectory | None = None
         self._verify = make_verify(client_auth, name) if client_auth else None
         self._paths: tuple[str, ...] = (
             (self.cert_path,)

@@ -8,6 +8,6 @@ connection's context (or refuses unknown names with C{sni_strict}).
 """
 
 from tlsgate.sni._callback import install_servername_callback
-from tlsgate.sni._directory import SniDirectory
+from tlsgate.sni._directory import SniDirectory, certificate_files
 
-__all__ = ["SniDirectory", "install_servername_callback"]
+__all__ = ["SniDirectory", "certificate_files", "install_servername_callback"]

@@ -20,13 +20,16 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 from twisted.logger import Logger
 
-from tlsgate.certs._policy import TLSPolicy
 from tlsgate.certs._stamps import Stamp, stamp_of
 from tlsgate.errors import CertificateError
+
+if TYPE_CHECKING:
+    from tlsgate.certs._reloading import ReloadingContextFactory
 
 _log = Logger()
 
@@ -35,12 +38,12 @@ _log = Logger()
 class _Entry:
     cert: str
     key: str | None
-    factory: object  # a ReloadingContextFactory
+    factory: ReloadingContextFactory
     names: tuple[str, ...]
     generation: int
 
 
-def _pairs(directory: str) -> dict[str, tuple[str, str | None]]:
+def certificate_files(directory: str) -> dict[str, tuple[str, str | None]]:
     """The certificate files of C{directory}: key -> (cert, key or None)."""
     try:
         names = sorted(e.name for e in os.scandir(directory) if e.is_file())
@@ -72,7 +75,7 @@ class SniDirectory:
     def __init__(
         self,
         directory: str,
-        make: Callable[[str, str | None], object],
+        make: Callable[[str, str | None], ReloadingContextFactory],
         name: str = "default",
         now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
             datetime.UTC
@@ -98,7 +101,7 @@ class SniDirectory:
             return
         self._stamp = stamp
         self.rescans += 1
-        pairs = _pairs(self.directory)
+        pairs = certificate_files(self.directory)
         for key in list(self.entries):
             if (
                 key not in pairs
@@ -129,7 +132,7 @@ class SniDirectory:
             return
         self._failed.pop(key, None)
         self.errors.pop(key, None)
-        state = factory.state  # type: ignore[attr-defined]
+        state = factory.state
         self.entries[key] = _Entry(
             cert, keyfile, factory, state.material.names, state.generation
         )
@@ -155,8 +158,8 @@ class SniDirectory:
         now = self._now()
         changed = False
         for entry in candidates:
-            context = entry.factory.getContext()  # type: ignore[attr-defined]
-            state = entry.factory.state  # type: ignore[attr-defined]
+            context = entry.factory.getContext()
+            state = entry.factory.state
             if state.generation != entry.generation:
                 entry.generation = state.generation
                 if state.material.names != entry.names:
@@ -179,9 +182,6 @@ class SniDirectory:
             found += self._index.get(f"*.{rest}", [])
         return found
 
-    def states(self) -> list[object]:
-        return [e.factory.state for e in self.entries.values()]  # type: ignore[attr-defined]
-
 
 def _matchable(names: tuple[str, ...], name: str) -> set[str]:
     """The names of C{names} that C{name} matches (wildcards: one label)."""
@@ -197,4 +197,4 @@ def _matchable(names: tuple[str, ...], name: str) -> set[str]:
     return out
 
 
-__all__ = ["SniDirectory", "TLSPolicy"]
+__all__ = ["SniDirectory", "certificate_files"]
