@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from zope.interface import alsoProvides, implementer
@@ -328,13 +329,17 @@ def test_per_client_cap_refuses_the_extra_connection_only() -> None:
     tracker = tracker_for(clock, max_connections_per_client=2)
     a, _ = connect(tracker, "192.0.2.1")
     connect(tracker, "192.0.2.1")
-    _, extra = connect(tracker, "192.0.2.1", handshake=False)
+    with capturedLogs() as events:
+        _, extra = connect(tracker, "192.0.2.1", handshake=False)
+        for _ in range(20):  # a client hammering at its cap: counted, logged once
+            connect(tracker, "192.0.2.1", handshake=False)
     _, other = connect(tracker, "192.0.2.2")
     assert extra.aborted and not other.aborted
+    assert len([e for e in events if e.get("event") == "connection_refused"]) == 1
     close(a)
     _, again = connect(tracker, "192.0.2.1")
     assert not again.aborted
-    assert tracker.closed[CloseReason.LIMIT] == 1
+    assert tracker.closed[CloseReason.LIMIT] == 21
 
 
 def test_rotation_closes_older_generations_within_the_grace() -> None:

@@ -124,6 +124,7 @@ class ConnectionTracker:
         self.bytes_out_closed = 0
         self.closed: Counter[CloseReason] = Counter()
         self._per_client: Counter[str] = Counter()
+        self._refused_hosts: set[str] = set()
         self._accept_paused = False
         self._draining = False
         self._waiters: list[Deferred[None]] = []
@@ -172,13 +173,19 @@ class ConnectionTracker:
             return CloseReason.LIMIT
         per_client = self.limits.max_connections_per_client
         if per_client and host is not None and self._per_client[host] >= per_client:
-            self._log.info(
-                "{listener}: refusing {peer}: {count} connections from it already",
-                listener=self.name,
-                peer=host,
-                count=self._per_client[host],
-                event="connection_refused",
-            )
+            # Logged once while the source stays at its cap, so a client that
+            # keeps reconnecting cannot flood the log (the metric counts each).
+            if host not in self._refused_hosts:
+                self._refused_hosts.add(host)
+                self._log.info(
+                    "{listener}: refusing {peer}: {count} connections from it"
+                    " already (max_connections_per_client); further refusals are"
+                    " counted, not logged, until it is below the cap",
+                    listener=self.name,
+                    peer=host,
+                    count=self._per_client[host],
+                    event="connection_refused",
+                )
             return CloseReason.LIMIT
         return None
 
@@ -258,6 +265,7 @@ class ConnectionTracker:
                 self._per_client[protocol.peer] = left
             else:
                 del self._per_client[protocol.peer]
+            self._refused_hosts.discard(protocol.peer)
         assert protocol.reason is not None
         self.closed[protocol.reason] += 1
         if self._accept_paused and len(self.connections) < self.limits.max_connections:
