@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,20 @@ def site(tmp_path: Path, echo_backend: int) -> Iterator[Site]:
     yield s
     if s.gateway is not None:
         s.gateway.stop()
+
+
+@contextmanager
+def site_with_backend(
+    tmp_path: Path, handler: type[socketserver.BaseRequestHandler]
+) -> Iterator[Site]:
+    """A L{Site} in front of a threaded loopback server running C{handler}."""
+    server = EchoServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    s = Site(tmp_path, trustme.CA(), server.server_address[1])
+    try:
+        yield s
+    finally:
+        if s.gateway is not None:
+            s.gateway.stop()
+        server.shutdown()
+        server.server_close()

@@ -11,15 +11,13 @@ import signal
 import socket
 import socketserver
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.integration.conftest import EchoServer, Site, recv_exactly
+from tests.integration.conftest import Site, recv_exactly, site_with_backend
 
 ANSWER_PAD = 2000
 
@@ -46,14 +44,8 @@ class LineHandler(socketserver.StreamRequestHandler):
 
 @pytest.fixture
 def line_site(tmp_path: Path) -> Iterator[Site]:
-    server = EchoServer(("127.0.0.1", 0), LineHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    site = Site(tmp_path, trustme.CA(), server.server_address[1])
-    yield site
-    if site.gateway is not None:
-        site.gateway.stop()
-    server.shutdown()
-    server.server_close()
+    with site_with_backend(tmp_path, LineHandler) as site:
+        yield site
 
 
 def tls_connect(site: Site) -> ssl.SSLSocket:

@@ -9,15 +9,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import socketserver
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.integration.conftest import EchoServer, Site
+from tests.integration.conftest import Site, site_with_backend
 
 
 def rss_kib(pid: int) -> int:
@@ -73,14 +71,8 @@ class Firehose(socketserver.BaseRequestHandler):
 
 @pytest.fixture
 def firehose_site(tmp_path: Path) -> Iterator[Site]:
-    server = EchoServer(("127.0.0.1", 0), Firehose)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    site = Site(tmp_path, trustme.CA(), server.server_address[1])
-    yield site
-    if site.gateway is not None:
-        site.gateway.stop()
-    server.shutdown()
-    server.server_close()
+    with site_with_backend(tmp_path, Firehose) as site:
+        yield site
 
 
 def test_a_client_that_stops_reading_does_not_grow_the_gateway(
