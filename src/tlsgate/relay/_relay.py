@@ -58,8 +58,6 @@ class RelayProtocol(Protocol):
 
     _log = Logger()
     backend: _BackendProtocol | None = None
-    bytes_in = 0
-    bytes_out = 0
     #: Set when the backend side ended the connection; read by the tracker.
     close_reason: CloseReason | None = None
 
@@ -134,7 +132,6 @@ class RelayProtocol(Protocol):
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         if self.backend is not None:
             self.backend.transport.write(data)  # type: ignore[union-attr]
             return
@@ -152,7 +149,6 @@ class RelayProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
 
     def backend_data(self, data: bytes) -> None:
-        self.bytes_out += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
 
     def backend_lost(self) -> None:
