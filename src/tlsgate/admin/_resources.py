@@ -17,7 +17,7 @@ from twisted.web.server import Request
 
 from tlsgate.admin._metrics import make_registry
 from tlsgate.admin._status import gateway_status, reload_now
-from tlsgate.certs._stamps import Stamp, stamp_of
+from tlsgate.certs._stamps import FileSetWatch
 
 if TYPE_CHECKING:
     from tlsgate.service import GatewayService
@@ -33,13 +33,11 @@ class TokenFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp: Stamp | bool | None = False  # False: never read
+        self._watch = FileSetWatch([path])
         self._token: bytes | None = None
 
     def current(self) -> bytes | None:
-        stamp = stamp_of(self.path)
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if self._watch.changed():
             try:
                 with open(self.path, "rb") as f:
                     token = f.read().strip()
@@ -52,10 +50,14 @@ class TokenFile:
                     why=e.strerror,
                     event="admin_token_unreadable",
                 )
+            else:
+                if not token:
+                    _log.error(
+                        "admin token file {path} is empty; refusing every admin request",
+                        path=self.path,
+                        event="admin_token_unreadable",
+                    )
             self._token = token or None
-            if token == b"" and stamp is not None:
-                _log.error("admin token file {path} is empty; refusing every admin request",
-                           path=self.path, event="admin_token_unreadable")  # fmt: skip
         return self._token
 
     def allows(self, request: Request) -> bool:

@@ -21,7 +21,7 @@ from cryptography.x509 import ocsp
 from twisted.logger import Logger
 
 from tlsgate.certs._material import CertifiedKey
-from tlsgate.certs._stamps import Stamp, read_file, stamp_of
+from tlsgate.certs._stamps import FileSetWatch, read_file
 
 _log = Logger()
 
@@ -93,15 +93,13 @@ class OcspStaple:
         self.path = path
         self.name = name
         self._wallclock = wallclock
-        self._stamp: Stamp | bool | None = False
+        self._watch = FileSetWatch([path])
         self._der = b""
         self._verdicts: dict[str, OcspStatus] = {}
 
     def for_material(self, material: CertifiedKey) -> bytes:
         """DER bytes to staple for C{material} now, or C{b""} for none."""
-        stamp = stamp_of(self.path)
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if self._watch.changed():
             read = read_file(self.path)
             self._der = read.content or b""
             self._verdicts = {}

@@ -96,3 +96,23 @@ class Snapshot:
                 for s in stamps
             ),
         )
+
+
+class FileSetWatch:
+    """
+    C{changed()} is true on its first call and then once after any of C{paths}
+    got a new stamp: the one-file-or-few watch of token, OCSP and backend TLS
+    files (the certificate factory keeps richer state: content hashes, racy
+    stamps, the last good files).
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = tuple(paths)
+        self._stamps: tuple[Stamp | None, ...] | None = None
+
+    def changed(self) -> bool:
+        stamps = tuple([stamp_of(p) for p in self.paths])
+        if stamps == self._stamps:
+            return False
+        self._stamps = stamps
+        return True

@@ -42,9 +42,8 @@ from zope.interface import implementer
 
 from tlsgate.certs import session_reused
 from tlsgate.certs._load import load_certified_key
-from tlsgate.certs._stamps import read_file
+from tlsgate.certs._stamps import FileSetWatch, read_file
 from tlsgate.errors import CertificateError
-from tlsgate.upstream._files import FileSetWatch
 
 #: Sessions kept per backend; TLS 1.3 tickets are used once each.
 SESSIONS_PER_BACKEND = 8
