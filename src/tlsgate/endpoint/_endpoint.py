@@ -1,0 +1,62 @@
+"""The endpoint class: any server endpoint, with tlsgate's TLS and limits on top."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from zope.interface import implementer
+
+from tlsgate._assembly import TLSStack
+from tlsgate.certs import ReloadingContextFactory
+from tlsgate.tracker import ConnectionTracker, Limits
+
+
+@implementer(IStreamServerEndpoint)
+class ReloadingTLSServerEndpoint:
+    """
+    Listens on C{inner} with TLS from a reloading context factory and every
+    connection limit, wired as the gateway wires its listeners: connections
+    are tagged with the certificate generation they were made under,
+    C{rotation_grace} closes older ones after a swap, and C{max_connections}
+    pauses accepting on the port.
+
+    The certificates are loaded by whoever builds C{contexts} (at once, so
+    that unusable files fail there, naming them); L{tlsgate.endpoint.
+    endpoint_from_description} builds everything from a C{tlsgate:} string.
+
+    @ivar trackers: the connection tracker of each C{listen} so far, for
+        status pages, metrics and C{drain}.
+    """
+
+    def __init__(
+        self,
+        inner: IStreamServerEndpoint,
+        contexts: ReloadingContextFactory,
+        *,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        name: str = "tlsgate",
+    ) -> None:
+        self.inner = inner
+        self.contexts = contexts
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.name = name
+        self.trackers: list[ConnectionTracker] = []
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        stack = TLSStack.around(
+            protocolFactory, self.contexts, self.limits, self.clock, name=self.name
+        )
+        self.trackers.append(stack.tracker)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            stack.listening(port)
+            return port
+
+        return self.inner.listen(stack.factory).addCallback(listening)
