@@ -11,8 +11,8 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IProtocolFactory,
-    IReactorTime,
 )
+from twisted.internet.task import Clock
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
@@ -66,7 +66,7 @@ def connect_tls(
     contexts: IOpenSSLServerConnectionCreator | None = None,
     hostname: str = "localhost",
     client_certificate: CertificatePair | None = None,
-    clock: IReactorTime | None = None,
+    clock: Clock | None = None,
     peer: str = "192.0.2.1",
 ) -> TLSConnection:
     """
@@ -88,7 +88,8 @@ def connect_tls(
         server = TLSMemoryBIOFactory(contexts, False, server, clock=clock)
     own = None
     if client_certificate is not None:
-        from twisted.internet.ssl import PrivateCertificate
+        from twisted.internet.task import Clock
+from twisted.internet.ssl import PrivateCertificate
 
         own = PrivateCertificate.loadPEM(
             client_certificate.chain + client_certificate.key
