@@ -12,8 +12,8 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
 )
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
-from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
 from zope.interface import implementer
@@ -88,9 +88,6 @@ def connect_tls(
         server = TLSMemoryBIOFactory(contexts, False, server, clock=clock)
     own = None
     if client_certificate is not None:
-        from twisted.internet.task import Clock
-from twisted.internet.ssl import PrivateCertificate
-
         own = PrivateCertificate.loadPEM(
             client_certificate.chain + client_certificate.key
         )
