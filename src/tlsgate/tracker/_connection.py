@@ -136,6 +136,9 @@ class TrackedProtocol(Protocol):
         transport = self.transport
         # The isinstance test is the common, cheap case; providedBy covers
         # other TLS transports.
+        # The TLS layer picked the certificate just now (a renewal may have
+        # been swapped in for this very connection): tag with what it serves.
+        self.generation = self.tracker.generation()
         layered = isinstance(transport, TLSMemoryBIOProtocol)
         self._tls = layered or INegotiated.providedBy(transport)
         self.__provides__ = _declaration(type(self), transport, layered)
