@@ -28,7 +28,8 @@ PINNED = {
         "TestClock", "connect_tls",
     ],
     "tlsgate.tracker": [
-        "CloseReason", "ConnectionInfo", "ConnectionTracker", "Limits", "TrackedProtocol",
+        "QUIET_INTERVAL", "CloseReason", "ConnectionInfo", "ConnectionTracker", "Limits",
+        "TrackedProtocol",
     ],
 }  # fmt: skip
 
