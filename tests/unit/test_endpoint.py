@@ -199,3 +199,60 @@ def test_the_endpoint_wires_reloading_generations_rotation_and_pausing(
         conn.flush()
     assert old.lost and not new.lost
     assert tracker.closed[CloseReason.ROTATION] == 1
+
+
+def test_wrap_endpoint_gives_any_endpoint_sni_and_mutual_tls(tmp_path: Path) -> None:
+    """
+    The embedder's path for SNI and mTLS: wrap_endpoint with sni_dir and
+    client_ca. A client asking for a name in sni_dir gets that certificate;
+    the application reads the verified client certificate.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from tlsgate.endpoint import wrap_endpoint
+
+    ca = CertificateAuthority()
+    main, other = ca.issue("localhost"), ca.issue("other.example")
+    files = CertificateFiles(tmp_path / "main", main)
+    CertificateFiles(tmp_path / "sni", other, how="data_swap")  # tls.crt + tls.key
+    (tmp_path / "clients.pem").write_bytes(ca.cert_pem)
+    reactor = MemoryReactorClock()
+    endpoint = wrap_endpoint(
+        TCP4ServerEndpoint(reactor, 0), clock=reactor, cert=str(files.cert),
+        key=str(files.key), sni_dir=str(tmp_path / "sni"),
+        client_ca=str(tmp_path / "clients.pem"), idle_timeout="2m",
+    )  # fmt: skip
+    assert endpoint.limits.idle_timeout == 120
+    seen: list[object] = []
+
+    class Peer(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            seen.append(self.transport.getPeerCertificate())  # type: ignore[union-attr]
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    endpoint.listen(Factory.forProtocol(Peer))
+    factory = reactor.tcpServers[0][1]
+    client = Client()
+    conn = connect_tls(
+        factory, client, trust=ca.cert_pem, hostname="other.example", clock=reactor,
+        client_certificate=ca.issue("ops", client=True),
+    )  # fmt: skip
+    assert client.received == b"ping"
+    served = conn.client.getPeerCertificate().to_cryptography()
+    assert "other.example" in served.subject.rfc4514_string()
+    (peer,) = seen
+    assert "CN=ops" in peer.to_cryptography().subject.rfc4514_string()  # type: ignore[attr-defined]
+
+
+def test_wrap_endpoint_refuses_the_tcp_keys(tmp_path: Path) -> None:
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from tlsgate.endpoint import wrap_endpoint
+
+    reactor = MemoryReactorClock()
+    with pytest.raises(
+        EndpointError, match="key 'port': the endpoint to wrap is given"
+    ):
+        wrap_endpoint(
+            TCP4ServerEndpoint(reactor, 0), clock=reactor, cert="/c", port="1"
+        )

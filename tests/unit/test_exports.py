@@ -21,7 +21,7 @@ PINNED = {
     ],
     "tlsgate.endpoint": [
         "KEYS", "EndpointError", "ReloadingTLSServerEndpoint",
-        "endpoint_from_description", "parse_description",
+        "endpoint_from_description", "parse_description", "wrap_endpoint",
     ],
     "tlsgate.testing": [
         "CertificateAuthority", "CertificateFiles", "CertificatePair", "TLSConnection",

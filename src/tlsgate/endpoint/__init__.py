@@ -4,8 +4,9 @@ for any Twisted server that takes an endpoint string.
 
     twist web --listen tlsgate:port=8443:cert=fullchain.pem:key=privkey.pem
 
-L{ReloadingTLSServerEndpoint} is the same thing for code: it wraps any
-C{IStreamServerEndpoint}.
+L{wrap_endpoint} does the same to any C{IStreamServerEndpoint} (unix,
+systemd, a test's), with the same keys; L{ReloadingTLSServerEndpoint} takes
+a context factory built in code.
 """
 
 from tlsgate.endpoint._description import (
@@ -13,6 +14,7 @@ from tlsgate.endpoint._description import (
     EndpointError,
     endpoint_from_description,
     parse_description,
+    wrap_endpoint,
 )
 from tlsgate.endpoint._endpoint import ReloadingTLSServerEndpoint
 
@@ -22,4 +24,5 @@ __all__ = [
     "ReloadingTLSServerEndpoint",
     "endpoint_from_description",
     "parse_description",
+    "wrap_endpoint",
 ]

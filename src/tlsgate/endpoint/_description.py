@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 
 from tlsgate._assembly import build_contexts
 from tlsgate.auth import parse_allow
-from tlsgate.certs import TLSPolicy
+from tlsgate.certs import ReloadingContextFactory, TLSPolicy
 from tlsgate.config import ListenerConfig
 from tlsgate.config._parser import _alpn, _cipher_string, _path
 from tlsgate.config._values import (
@@ -100,11 +100,13 @@ def _error(key: str | None, message: str) -> EndpointError:
 
 
 def parse_description(
-    args: tuple[str, ...], kwargs: dict[str, str]
+    args: tuple[str, ...], kwargs: dict[str, str], *, inner: bool = False
 ) -> tuple[dict[str, Any], ListenerConfig]:
     """
     The values of a C{tlsgate:} description, checked, without touching files.
 
+    @param inner: the endpoint to wrap is given, so C{port}, C{interface}
+        and C{backlog} are not keys here.
     @return: the TCP endpoint's arguments and the listener's TLS settings.
     @raise EndpointError: naming the first key that is wrong.
     """
@@ -120,6 +122,10 @@ def parse_description(
     }
     for key, raw in kwargs.items():
         entry = KEYS.get(key)
+        if entry is not None and inner and entry[0] == "endpoint":
+            raise _error(
+                key, "the endpoint to wrap is given; this key is for tlsgate: strings"
+            )
         if entry is None:
             close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.7)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -129,7 +135,7 @@ def parse_description(
             parts[target][field] = parse(raw)
         except ValueError as e:
             raise _error(key, str(e)) from None
-    for key in _REQUIRED:
+    for key in _REQUIRED[inner:]:
         if key not in kwargs:
             raise _error(key, "required key is missing")
     listener = parts["listener"]
@@ -145,7 +151,7 @@ def parse_description(
         tls, limits = TLSPolicy(**parts["tls"]), Limits(**parts["limits"])
     except ValueError as e:
         raise _error(None, str(e)) from None
-    name = f"tlsgate:{parts['endpoint']['port']}"
+    name = "tlsgate" if inner else f"tlsgate:{parts['endpoint']['port']}"
     config = ListenerConfig(
         name=name, listen=name, backends=(), tls=tls, limits=limits, **listener
     )
@@ -163,11 +169,7 @@ def endpoint_from_description(
         message names it).
     """
     tcp, config = parse_description(args, kwargs)
-    try:
-        contexts = build_contexts(config)
-    except CertificateError as e:
-        named = [k for k in _FILE_KEYS if getattr(config, k) in e.paths]
-        raise _error(named[0] if named else None, str(e)) from None
+    contexts = _contexts(config)
     tcp_reactor: IReactorTCP = reactor
     interface = tcp.get("interface", "")
     kind = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
@@ -175,4 +177,31 @@ def endpoint_from_description(
     clock: IReactorTime = reactor
     return ReloadingTLSServerEndpoint(
         inner, contexts, clock=clock, limits=config.limits, name=config.name
+    )
+
+
+def _contexts(config: ListenerConfig) -> ReloadingContextFactory:
+    try:
+        return build_contexts(config)
+    except CertificateError as e:
+        named = [k for k in _FILE_KEYS if getattr(config, k) in e.paths]
+        raise _error(named[0] if named else None, str(e)) from None
+
+
+def wrap_endpoint(
+    inner: IStreamServerEndpoint, *, clock: IReactorTime, **keys: str
+) -> ReloadingTLSServerEndpoint:
+    """
+    Any server endpoint (unix, systemd, a test's) with tlsgate's TLS and
+    limits, configured with the keys of a C{tlsgate:} string other than
+    C{port}, C{interface} and C{backlog}, as strings:
+
+        wrap_endpoint(inner, clock=reactor, cert="fullchain.pem",
+                      sni_dir="certs", client_ca="clients.pem", idle_timeout="2m")
+
+    @raise EndpointError: a key is wrong, or a file cannot be served.
+    """
+    _tcp, config = parse_description((), keys, inner=True)
+    return ReloadingTLSServerEndpoint(
+        inner, _contexts(config), clock=clock, limits=config.limits, name=config.name
     )
