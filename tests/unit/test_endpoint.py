@@ -181,7 +181,9 @@ def test_the_endpoint_wires_reloading_generations_rotation_and_pausing(
     (port_number, factory, _backlog, interface) = reactor.tcpServers[0]
     assert (port_number, interface) == (8443, "")
     (tracker,) = endpoint.trackers
-    assert listening == [tracker.port]  # what max_connections pauses
+    (port,) = listening
+    assert tracker.port is not None  # what max_connections pauses
+    assert port.getHost() == tracker.port.getHost()  # type: ignore[attr-defined]
 
     old = Client()
     conn = connect_tls(factory, old, trust=ca.cert_pem, clock=clock)
@@ -199,6 +201,9 @@ def test_the_endpoint_wires_reloading_generations_rotation_and_pausing(
         conn.flush()
     assert old.lost and not new.lost
     assert tracker.closed[CloseReason.ROTATION] == 1
+
+    port.stopListening()  # type: ignore[attr-defined]
+    assert tracker.port is None  # a closed socket is never resumed
 
 
 def test_wrap_endpoint_gives_any_endpoint_sni_and_mutual_tls(tmp_path: Path) -> None:

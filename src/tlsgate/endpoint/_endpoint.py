@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     IProtocolFactory,
     IReactorTime,
@@ -14,6 +17,32 @@ from zope.interface import implementer
 from tlsgate._assembly import TLSStack
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.tracker import ConnectionTracker, Limits
+
+
+@implementer(IListeningPort)
+class _Port:
+    """
+    The listening port as the caller sees it: stopping it also takes it
+    from the tracker, which must not resume accepting on a closed socket.
+    """
+
+    def __init__(self, port: IListeningPort, stack: TLSStack) -> None:
+        self._port = port
+        self._stack = stack
+
+    def startListening(self) -> None:
+        self._port.startListening()
+        self._stack.listening(self._port)
+
+    def stopListening(self) -> Deferred[None] | None:
+        self._stack.listening(None)
+        return self._port.stopListening()
+
+    def getHost(self) -> IAddress:
+        return self._port.getHost()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
 
 
 @implementer(IStreamServerEndpoint)
@@ -57,6 +86,6 @@ class ReloadingTLSServerEndpoint:
 
         def listening(port: IListeningPort) -> IListeningPort:
             stack.listening(port)
-            return port
+            return _Port(port, stack)
 
         return self.inner.listen(stack.factory).addCallback(listening)
