@@ -261,3 +261,28 @@ def test_wrap_endpoint_refuses_the_tcp_keys(tmp_path: Path) -> None:
         wrap_endpoint(
             TCP4ServerEndpoint(reactor, 0), clock=reactor, cert="/c", port="1"
         )
+
+
+def test_a_certificate_near_expiry_is_warned_about_while_listening(
+    tmp_path: Path,
+) -> None:
+    """As the gateway does: the endpoint warns days before its certificate expires."""
+    import datetime
+
+    from twisted.logger import capturedLogs
+
+    ca = CertificateAuthority()
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+    files = CertificateFiles(tmp_path, ca.issue("localhost", not_after=soon))
+    reactor = MemoryReactorClock()
+    endpoint = endpoint_from_description(
+        reactor, port="0", cert=str(files.cert), key=str(files.key)
+    )
+    with capturedLogs() as events:
+        ports: list[object] = []
+        endpoint.listen(Factory.forProtocol(Echo)).addCallback(ports.append)
+    assert [e["event"] for e in events if e.get("event") == "certificate_expiring"] == [
+        "certificate_expiring"
+    ]
+    ports[0].stopListening()  # type: ignore[attr-defined]
+    assert not reactor.getDelayedCalls()  # the hourly check stopped with the port

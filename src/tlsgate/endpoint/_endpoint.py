@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from tlsgate._assembly import TLSStack
 from tlsgate.certs import ReloadingContextFactory
+from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.tracker import ConnectionTracker, Limits
 
 
@@ -26,16 +27,21 @@ class _Port:
     from the tracker, which must not resume accepting on a closed socket.
     """
 
-    def __init__(self, port: IListeningPort, stack: TLSStack) -> None:
+    def __init__(
+        self, port: IListeningPort, stack: TLSStack, expiry: ExpiryWarnings
+    ) -> None:
         self._port = port
         self._stack = stack
+        self._expiry = expiry
 
     def startListening(self) -> None:
         self._port.startListening()
         self._stack.listening(self._port)
+        self._expiry.start()
 
     def stopListening(self) -> Deferred[None] | None:
         self._stack.listening(None)
+        self._expiry.stop()
         return self._port.stopListening()
 
     def getHost(self) -> IAddress:
@@ -51,8 +57,9 @@ class ReloadingTLSServerEndpoint:
     Listens on C{inner} with TLS from a reloading context factory and every
     connection limit, wired as the gateway wires its listeners: connections
     are tagged with the certificate generation they were made under,
-    C{rotation_grace} closes older ones after a swap, and C{max_connections}
-    pauses accepting on the port.
+    C{rotation_grace} closes older ones after a swap, C{max_connections}
+    pauses accepting on the port, and a certificate nearing its expiry is
+    warned about (30, 7 and 1 days before) while the port listens.
 
     The certificates are loaded by whoever builds C{contexts} (at once, so
     that unusable files fail there, naming them); L{tlsgate.endpoint.
@@ -84,8 +91,11 @@ class ReloadingTLSServerEndpoint:
         )
         self.trackers.append(stack.tracker)
 
+        expiry = ExpiryWarnings(self.contexts, self.clock)
+
         def listening(port: IListeningPort) -> IListeningPort:
             stack.listening(port)
-            return _Port(port, stack)
+            expiry.start()
+            return _Port(port, stack, expiry)
 
         return self.inner.listen(stack.factory).addCallback(listening)
