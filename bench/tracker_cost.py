@@ -89,6 +89,31 @@ def chunk_cost(limits: Limits) -> tuple[float, float]:
     return t_plain * 1e9, t_tracked * 1e9
 
 
+def setup_cost(limits: Limits, n: int = 20000) -> tuple[float, float]:
+    """Accept-to-close of one connection (build, connect, lose), in ns."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    clock = Clock()
+    done = Failure(ConnectionDone())
+    addr = IPv4Address("TCP", "10.0.0.1", 40000)
+    results = []
+    for tracked in (False, True):
+        factory: object = (
+            ConnectionTracker(Factory.forProtocol(App), limits, clock)
+            if tracked
+            else Factory.forProtocol(App)
+        )
+
+        def cycle(factory: object = factory) -> None:
+            p = factory.buildProtocol(addr)  # type: ignore[attr-defined]
+            p.makeConnection(Transport(lenient=True))
+            p.connectionLost(done)
+
+        results.append(min(timeit.repeat(cycle, number=n, repeat=5)) / n * 1e9)
+    return results[0], results[1]
+
+
 def idle_wakeups(n: int) -> dict[str, int]:
     out = {}
     for label, limits in (
@@ -127,6 +152,10 @@ def main() -> None:
     )
     p, t = chunk_cost(limits)
     print("time per 16 KiB chunk delivered to the application:")
+    print(f"  without tracker: {p:6.0f} ns")
+    print(f"  with tracker:    {t:6.0f} ns   (tracker adds {t - p:.0f} ns)")
+    p, t = setup_cost(limits)
+    print("time per connection, accept to close (build, connect, lose):")
     print(f"  without tracker: {p:6.0f} ns")
     print(f"  with tracker:    {t:6.0f} ns   (tracker adds {t - p:.0f} ns)")
     print(f"timer callbacks over one silent hour, {n} connections:")

@@ -4,8 +4,8 @@ Embedding tlsgate's reloading context factory with C{reactor.listenSSL}.
     python docs/examples/listen_ssl.py            # serve https://127.0.0.1:8444/
     python docs/examples/listen_ssl.py --self-test
 
-It serves a twisted.web page over TLS with a certificate from ./example-certs/
-(made on first run). Replace cert.pem and key.pem there and the next
+It serves a twisted.web page over TLS with a certificate made in a temporary
+directory (printed at start). Replace cert.pem and key.pem there and the next
 connection is served the new certificate; no restart, no signal.
 With --self-test it connects, swaps the certificate, connects again and
 prints both generations (docs are tested by running this).
@@ -14,8 +14,8 @@ prints both generations (docs are tested by running this).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
+import tempfile
 
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
@@ -26,7 +26,7 @@ from twisted.web.server import Site
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.demo import ensure_demo_certificate
 
-CERTS = "example-certs"
+CERTS = tempfile.mkdtemp(prefix="tlsgate-example-")
 
 
 class Hello(Resource):
@@ -68,10 +68,10 @@ async def self_test(port: int) -> None:
         body = await fetch.done
         print(body.split(b"\r\n\r\n", 1)[1].decode().strip())
         if round_ == 1:  # a renewal: new files renamed over the old ones
-            shutil.rmtree("renewed", ignore_errors=True)
-            ensure_demo_certificate("renewed")
-            os.replace("renewed/key.pem", f"{CERTS}/key.pem")
-            os.replace("renewed/cert.pem", f"{CERTS}/cert.pem")
+            renewed = tempfile.mkdtemp(prefix="tlsgate-renewed-", dir=CERTS)
+            ensure_demo_certificate(renewed)
+            os.replace(f"{renewed}/key.pem", f"{CERTS}/key.pem")
+            os.replace(f"{renewed}/cert.pem", f"{CERTS}/cert.pem")
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import partial
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
@@ -27,16 +26,16 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
+from tlsgate._assembly import TLSStack
+from tlsgate._assembly import build_contexts as build_contexts  # re-exported
+from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
-from tlsgate.sni import SniDirectory, install_servername_callback
 from tlsgate.tracker import ConnectionTracker
 from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
@@ -251,47 +250,6 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
     )  # fmt: skip
 
 
-def build_contexts(
-    config: ListenerConfig, first_generation: int = 1
-) -> ReloadingContextFactory:
-    """The listener's reloading context factory, with client auth and OCSP."""
-    client_auth = None
-    if config.client_ca is not None and config.client_auth != "none":
-        client_auth = ClientAuth(
-            config.client_ca,
-            require=config.client_auth == "require",
-            allow=config.allow,
-        )
-    ocsp = (
-        OcspStaple(config.ocsp_response, config.name) if config.ocsp_response else None
-    )
-    sni = None
-    if config.sni_dir is not None:
-        sni = SniDirectory(
-            config.sni_dir,
-            lambda cert, key: ReloadingContextFactory(
-                cert,
-                key,
-                policy=config.tls,
-                name=f"{config.name} sni_dir",
-                client_auth=client_auth,
-            ),
-            name=config.name,
-        )
-    on_context = None
-    if sni is not None or config.sni_strict:
-        on_context = partial(
-            install_servername_callback, directory=sni, strict=config.sni_strict
-        )
-    contexts = ReloadingContextFactory(
-        config.cert, config.key, policy=config.tls, name=config.name,
-        first_generation=first_generation, client_auth=client_auth, ocsp=ocsp,
-        on_context=on_context,
-    )  # fmt: skip
-    contexts.sni = sni
-    return contexts
-
-
 def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     """
     Build one listener's parts.
@@ -301,17 +259,13 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     contexts = build_contexts(config)
     clock: IReactorTime = reactor  # type: ignore[assignment]
     pool = build_pool(config, reactor)
-    tracker = ConnectionTracker(
+    stack = TLSStack.around(
         RelayFactory(pool, proxy_protocol=config.proxy_protocol),
-        config.limits,
-        clock,
-        name=config.name,
-        generation=lambda: contexts.generation,
-    )
-    contexts.listeners.append(tracker.certificate_changed)
-    tls = TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
+        contexts, config.limits, clock, name=config.name,
+    )  # fmt: skip
+    tracker = stack.tracker
     service = ListenerService(
-        serverFromString(reactor, config.listen), tls, tracker, config.listen
+        serverFromString(reactor, config.listen), stack.factory, tracker, config.listen
     )
     service.setName(f"listener:{config.name}")
     expiry = ExpiryWarnings(contexts, clock)

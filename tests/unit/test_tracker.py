@@ -14,24 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test import iosim
 from zope.interface import alsoProvides, implementer
 
-from tests.helpers import make_pair, write
 from tests.unit.test_relay import FakeEndpoint, Recorder, pump_all
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.relay import Backend, BackendPool, RelayFactory
-from tlsgate.tracker import CloseReason, ConnectionTracker, Limits, TrackedProtocol
-from tlsgate.tracker._connection import QUIET_INTERVAL
+from tlsgate.testing import CertificateAuthority, CertificateFiles, connect_tls
+from tlsgate.tracker import (
+    QUIET_INTERVAL,
+    CloseReason,
+    ConnectionTracker,
+    Limits,
+    TrackedProtocol,
+)
 
 
 @implementer(IHandshakeListener)
@@ -423,16 +424,14 @@ def test_snapshot_lists_live_connections() -> None:
 
 
 @pytest.fixture
-def contexts(tmp_path: Path) -> tuple[ReloadingContextFactory, trustme.CA]:
-    ca = trustme.CA()
-    pair = make_pair(ca)
-    write(tmp_path / "c.pem", pair.chain)
-    write(tmp_path / "k.pem", pair.key)
-    return ReloadingContextFactory(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")), ca
+def contexts(tmp_path: Path) -> tuple[ReloadingContextFactory, CertificateAuthority]:
+    ca = CertificateAuthority()
+    files = CertificateFiles(tmp_path, ca.issue())
+    return ReloadingContextFactory(str(files.cert), str(files.key)), ca
 
 
 def test_lifetime_close_over_real_tls_delivers_the_answer_before_close_notify(
-    contexts: tuple[ReloadingContextFactory, trustme.CA],
+    contexts: tuple[ReloadingContextFactory, CertificateAuthority],
 ) -> None:
     """
     Through TLS, tracker and relay: a lifetime close that lands while an answer
@@ -447,18 +446,15 @@ def test_lifetime_close_over_real_tls_delivers_the_answer_before_close_notify(
         RelayFactory(pool), Limits(max_lifetime=10, lifetime_jitter=0, close_grace=5),
         clock, random=lambda: 0.0,
     )  # fmt: skip
-    server_factory = TLSMemoryBIOFactory(factory, False, tracker, clock=clock)
-    trust = Certificate.loadPEM(ca.cert_pem.bytes())
     client = Recorder()
-    client_factory = TLSMemoryBIOFactory(
-        optionsForClientTLS("localhost", trustRoot=trust), True,
-        ClientFactory.forProtocol(lambda: client), clock=clock,
-    )  # fmt: skip
-    _, _, pump = iosim.connectedServerAndClient(
-        lambda: server_factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5)),
-        lambda: client_factory.buildProtocol(None),
+    pump = connect_tls(
+        tracker,
+        client,
+        contexts=factory,
+        trust=ca.cert_pem,
         clock=clock,
-    )
+        peer="10.0.0.1",
+    ).pump
     backend = endpoint.succeed()
     client.transport.write(b"GET /1")  # type: ignore[union-attr]
     pump_all(pump, *endpoint.pumps)

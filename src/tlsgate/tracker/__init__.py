@@ -6,11 +6,12 @@ close_notify, abort after a grace), connection caps, closes on certificate
 rotation, draining, and the count of closes by reason.
 """
 
-from tlsgate.tracker._connection import TrackedProtocol
+from tlsgate.tracker._connection import QUIET_INTERVAL, TrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
 from tlsgate.tracker._tracker import ConnectionInfo, ConnectionTracker
 
 __all__ = [
+    "QUIET_INTERVAL",
     "CloseReason",
     "ConnectionInfo",
     "ConnectionTracker",

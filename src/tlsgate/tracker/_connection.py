@@ -14,6 +14,12 @@ tracker's timing wheel, not in a DelayedCall per connection; a connection is
 looked at only when its bucket comes due, and re-filed if traffic moved its
 idle deadline. Short-lived timers (quiet checks, the abort after
 close_grace, rotation closes) use callLater, as they exist only while closing.
+
+It is transparent, as Twisted's C{ProtocolWrapper} is: the wrapped protocol
+sees the interfaces of the transport it would see unwrapped (C{ISSLTransport}
+behind TLS, so that C{request.isSecure()} holds; C{ITLSTransport} on plain
+TCP, so that STARTTLS is offered; C{ITCPTransport}), declared per connection
+from a cache keyed by the transport's own declarations.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ from twisted.internet.interfaces import (
     INegotiated,
     IProtocol,
     IPushProducer,
+    ISSLTransport,
+    ITLSTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
+from zope.interface.declarations import Provides
+from zope.interface.interface import InterfaceClass
 
 from tlsgate.certs import session_reused
 from tlsgate.tracker._limits import CloseReason
@@ -42,6 +52,33 @@ if TYPE_CHECKING:
 #: While closing gracefully, how often the connection is checked for a quiet
 #: point (nothing moved since the last look, and the last bytes went out).
 QUIET_INTERVAL = 0.05
+
+#: (wrapper class, transport's declaration, TLS layer's transport's
+#: declaration) -> what the wrapper declares; a handful of entries per process.
+_DECLARATIONS: dict[tuple[type, object, object], object] = {}
+
+
+def _declaration(cls: type, transport: Any, tls: bool) -> object:
+    """
+    What a wrapper around C{transport} provides: what the transport provides,
+    and for a TLS layer also what the connection under it provides (Twisted's
+    TLS layer keeps only one of them), with C{ISSLTransport} and without
+    C{ITLSTransport} (a TLS connection cannot start TLS again).
+    """
+    own = providedBy(transport)
+    under = providedBy(transport.transport) if tls else None
+    key = (cls, own, under)
+    found = _DECLARATIONS.get(key)
+    if found is None:
+        interfaces: list[InterfaceClass] = list(own)
+        if under is not None:
+            interfaces += [i for i in under if i not in interfaces]
+        if tls:
+            interfaces = [i for i in interfaces if not i.isOrExtends(ITLSTransport)]
+            if ISSLTransport not in interfaces:
+                interfaces.append(ISSLTransport)
+        found = _DECLARATIONS[key] = Provides(cls, *interfaces)
+    return found
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -55,7 +92,8 @@ class TrackedProtocol(Protocol):
 
     # Slots keep the per-connection cost small (see docs/benchmarks.md).
     __slots__ = (
-        "_aborting", "_active", "_bucket", "_finished", "_last", "_last_out", "_lifetime_at",
+        "__provides__", "_aborting", "_active", "_bucket", "_finished", "_handshake_from",
+        "_last", "_last_out", "_lifetime_at",
         "_quiet_deadline", "_rotation", "_timer", "_tls", "bytes_in", "bytes_out",
         "closing", "connected", "generation", "handshake_done", "identity", "peer", "reason",
         "started", "tracker", "transport", "wrapped",
@@ -71,7 +109,7 @@ class TrackedProtocol(Protocol):
         self.wrapped = wrapped
         self.peer = peer
         self.generation = generation
-        self.started = tracker.clock.seconds()
+        self.started = self._handshake_from = tracker.clock.seconds()
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason: CloseReason | None = None
@@ -98,9 +136,12 @@ class TrackedProtocol(Protocol):
         transport = self.transport
         # The isinstance test is the common, cheap case; providedBy covers
         # other TLS transports.
-        self._tls = isinstance(
-            transport, TLSMemoryBIOProtocol
-        ) or INegotiated.providedBy(transport)
+        # The TLS layer picked the certificate just now (a renewal may have
+        # been swapped in for this very connection): tag with what it serves.
+        self.generation = self.tracker.generation()
+        layered = isinstance(transport, TLSMemoryBIOProtocol)
+        self._tls = layered or INegotiated.providedBy(transport)
+        self.__provides__ = _declaration(type(self), transport, layered)
         self.wrapped.makeConnection(self)  # type: ignore[arg-type]
         if not self._tls:
             self._begin()
@@ -193,6 +234,21 @@ class TrackedProtocol(Protocol):
     def abortConnection(self) -> None:
         self.transport.abortConnection()
 
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        """
+        STARTTLS (C{ITLSTransport}): the handshake it begins is bounded by
+        C{handshake_timeout} like one made at accept.
+        """
+        self.transport.startTLS(contextFactory, normal)
+        self._tls = True
+        self.handshake_done = False
+        self._handshake_from = self.tracker.clock.seconds()
+        self.__provides__ = _declaration(type(self), self.transport, False)
+        self._arm()
+
+    def getPeerCertificate(self) -> Any:
+        return self.transport.getPeerCertificate()
+
     def getPeer(self) -> Any:
         return self.transport.getPeer()
 
@@ -245,7 +301,7 @@ class TrackedProtocol(Protocol):
         limits = self.tracker.limits
         if self._tls and not self.handshake_done:
             timeout = limits.handshake_timeout
-            return self.started + timeout if timeout else None
+            return self._handshake_from + timeout if timeout else None
         at = self._lifetime_at
         if limits.idle_timeout:
             # _last may lag the real last byte by up to one tick: never early.

@@ -332,7 +332,13 @@ class ConnectionTracker:
         grace = self.limits.rotation_grace
         if not grace:
             return
-        older = [c for c in self.connections if c.generation < state.generation]
+        # A connection not yet connected is the one whose TLS layer is
+        # loading the new files now; it is served (and tagged) with them.
+        older = [
+            c
+            for c in self.connections
+            if c.generation < state.generation and c.transport is not None
+        ]
         if older:
             self._log.info(
                 "{listener}: certificate generation {generation}: closing {count}"
