@@ -134,6 +134,7 @@ def rolling_restart(
             for site, admin in sites:
                 assert site.gateway is not None
                 exits.append(site.gateway.stop(signal.SIGTERM))
+                assert exits[-1] == 0, site.gateway.log[-3000:]
                 start(site, admin)
                 time.sleep(3 * CHECK_INTERVAL)  # back in rotation
             time.sleep(0.5)
