@@ -4,7 +4,8 @@ Wiring: a parsed L{GatewayConfig} becomes a running Twisted C{IService}.
 One child service per listener; each owns its reloading context factory, its
 backend pool, its connection tracker and its listening port. Certificates
 are loaded when the service is built, so unusable files stop start-up with a
-clear error. Stopping the service drains: listeners stop accepting, open
+clear error. Stopping the service drains (L{tlsgate._drain}): readiness turns
+false, listeners keep accepting for C{drain_delay}, then stop; open
 connections get C{drain_timeout} to finish, the rest are closed gracefully.
 """
 
