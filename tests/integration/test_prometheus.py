@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -84,6 +85,14 @@ def query(port: int, promql: str) -> list[dict]:  # type: ignore[type-arg]
     return body["data"]["result"]  # type: ignore[no-any-return]
 
 
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
 def test_prometheus_scrapes_a_gateway(tmp_path: Path, echo_backend: int) -> None:
     (prometheus,) = require("prometheus", package="prometheus")
     site = Site(tmp_path, trustme.CA(), echo_backend)
@@ -107,6 +116,11 @@ def test_prometheus_scrapes_a_gateway(tmp_path: Path, echo_backend: int) -> None
     )  # fmt: skip
     try:
         wait_for_port(web, server, timeout=60)
+        # The port opens before the TSDB is loaded; until then the API says 503.
+        deadline = time.monotonic() + 60
+        while not ready(web):
+            assert server.poll() is None and time.monotonic() < deadline, "not ready"
+            time.sleep(0.25)
 
         def total() -> float | None:
             found = query(web, 'sum(tlsgate_connections_total{job="tlsgate"})')
