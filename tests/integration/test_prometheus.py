@@ -98,52 +98,56 @@ def test_prometheus_scrapes_a_gateway(tmp_path: Path, echo_backend: int) -> None
     site = Site(tmp_path, trustme.CA(), echo_backend)
     admin = free_port()
     gateway = site.start(admin=f"tcp:{admin}:interface=127.0.0.1")
-    wait_for_port(admin)
-    web = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n"
-        f"rule_files:\n  - {RULES / 'tlsgate-rules.yml'}\n"
-        "scrape_configs:\n  - job_name: tlsgate\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{admin}']\n"
-    )
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [prometheus, f"--config.file={config}",
-         f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     try:
-        wait_for_port(web, server, timeout=60)
-        # The port opens before the TSDB is loaded; until then the API says 503.
-        deadline = time.monotonic() + 60
-        while not ready(web):
-            assert server.poll() is None and time.monotonic() < deadline, "not ready"
-            time.sleep(0.25)
+        wait_for_port(admin)
+        web = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n"
+            f"rule_files:\n  - {RULES / 'tlsgate-rules.yml'}\n"
+            "scrape_configs:\n  - job_name: tlsgate\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{admin}']\n"
+        )
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+        server = subprocess.Popen(
+            [prometheus, f"--config.file={config}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{web}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for_port(web, server, timeout=60)
+            # The port opens before the TSDB is loaded; until then the API says 503.
+            deadline = time.monotonic() + 60
+            while not ready(web):
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "not ready"
+                )
+                time.sleep(0.25)
 
-        def total() -> float | None:
-            found = query(web, 'sum(tlsgate_connections_total{job="tlsgate"})')
-            return float(found[0]["value"][1]) if found else None
+            def total() -> float | None:
+                found = query(web, 'sum(tlsgate_connections_total{job="tlsgate"})')
+                return float(found[0]["value"][1]) if found else None
 
-        deadline = time.monotonic() + 60
-        while (before := total()) is None:
-            assert time.monotonic() < deadline, "no sample scraped"
-            time.sleep(0.25)
-        for _ in range(5):
-            assert site.served() == site.first.fingerprint
-        while (after := total()) is not None and after < before + 5:
-            assert time.monotonic() < deadline, (before, after)
-            time.sleep(0.25)
-        assert query(web, 'up{job="tlsgate"}')[0]["value"][1] == "1"
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{web}/api/v1/rules", timeout=5
-        ) as r:
-            groups = json.load(r)["data"]["groups"]
-        rules = [rule for g in groups for rule in g["rules"]]
-        assert len(rules) == 5 and all(r["health"] != "err" for r in rules), rules
+            deadline = time.monotonic() + 60
+            while (before := total()) is None:
+                assert time.monotonic() < deadline, "no sample scraped"
+                time.sleep(0.25)
+            for _ in range(5):
+                assert site.served() == site.first.fingerprint
+            while (after := total()) is not None and after < before + 5:
+                assert time.monotonic() < deadline, (before, after)
+                time.sleep(0.25)
+            assert query(web, 'up{job="tlsgate"}')[0]["value"][1] == "1"
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{web}/api/v1/rules", timeout=5
+            ) as r:
+                groups = json.load(r)["data"]["groups"]
+            rules = [rule for g in groups for rule in g["rules"]]
+            assert len(rules) == 5 and all(r["health"] != "err" for r in rules), rules
+        finally:
+            server.terminate()
+            server.wait(30)
+            log.close()
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
         assert gateway.stop() == 0

@@ -10,6 +10,7 @@ SIGTERM and is started again.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import ssl
@@ -99,6 +100,21 @@ def connections_total(admin: int) -> float:
     )
 
 
+def stop_all(sites: list[tuple[Site, int]], exits: list[int]) -> None:
+    for site, _ in sites:
+        if site.gateway is not None:
+            exits.append(site.gateway.stop())
+
+
+def end(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def rolling_restart(
     tmp_path: Path, echo_backend: int, drain_delay: str
 ) -> tuple[Clients, list[int], list[float]]:
@@ -115,18 +131,22 @@ def rolling_restart(
         site.start(admin=f"tcp:{admin}:interface=127.0.0.1", **settings)
         wait_for_port(admin)
 
-    for site, admin in sites:
-        start(site, admin)
-    front = free_port()
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(haproxy_config(front, sites))
-    log = open(tmp_path / "haproxy.log", "wb")  # noqa: SIM115 - closed below
-    balancer = subprocess.Popen(
-        [haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
-    )
     exits: list[int] = []
     served_after: list[float] = []
-    try:
+    with contextlib.ExitStack() as cleanup:
+        # Registered first, run last: every gateway started is stopped, even
+        # when a start or an assertion fails half-way.
+        cleanup.callback(stop_all, sites, exits)
+        for site, admin in sites:
+            start(site, admin)
+        front = free_port()
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(haproxy_config(front, sites))
+        log = cleanup.enter_context(open(tmp_path / "haproxy.log", "wb"))
+        balancer = subprocess.Popen(
+            [haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+        )
+        cleanup.callback(end, balancer)
         wait_for_port(front, balancer)
         time.sleep(3 * CHECK_INTERVAL)  # every server's first check passed
         with Clients(front, sites[0][0].client_context()) as clients:
@@ -139,13 +159,6 @@ def rolling_restart(
                 time.sleep(3 * CHECK_INTERVAL)  # back in rotation
             time.sleep(0.5)
         served_after = [connections_total(admin) for _, admin in sites]
-    finally:
-        balancer.terminate()
-        balancer.wait(10)
-        log.close()
-        for site, _ in sites:
-            if site.gateway is not None:
-                exits.append(site.gateway.stop())
     return clients, exits, served_after
 
 
