@@ -32,7 +32,19 @@ def install_stop_handlers(
     stopper = stop if stop is not None else reactor.stop
     threads: IReactorFromThreads = reactor  # type: ignore[assignment]
 
+    stopping: list[int] = []
+
     def handler(number: int, frame: FrameType | None) -> None:
+        # A second signal during the drain (an impatient operator, a
+        # supervisor repeating itself) joins it: stopping twice would only
+        # log ReactorNotRunning.
+        if stopping:
+            _log.info(
+                "Received {signal} while stopping; the drain goes on.",
+                signal=signal.Signals(number).name,
+            )
+            return
+        stopping.append(number)
         _log.info(
             "Received {signal}, shutting down.", signal=signal.Signals(number).name
         )

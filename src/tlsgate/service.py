@@ -4,17 +4,19 @@ Wiring: a parsed L{GatewayConfig} becomes a running Twisted C{IService}.
 One child service per listener; each owns its reloading context factory, its
 backend pool, its connection tracker and its listening port. Certificates
 are loaded when the service is built, so unusable files stop start-up with a
-clear error. Stopping the service drains: listeners stop accepting, open
+clear error. Stopping the service drains (L{tlsgate._drain}): readiness turns
+false, listeners keep accepting for C{drain_delay}, then stop; open
 connections get C{drain_timeout} to finish, the rest are closed gracefully.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
     IAddress,
@@ -31,6 +33,8 @@ from zope.interface import implementer
 
 from tlsgate._assembly import TLSStack
 from tlsgate._assembly import build_contexts as build_contexts  # re-exported
+from tlsgate._drain import StagedDrain
+from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
@@ -85,6 +89,7 @@ class ListenerService(Service):
         self.tracker = tracker
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
         self.description = description or repr(endpoint)
 
     @property
@@ -124,7 +129,18 @@ class ListenerService(Service):
         self.port = port
         if self.tracker is not None:
             self.tracker.port = port
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(port)
         return port
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port once it listens (at once if it does)."""
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(d)
+        return d
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -154,19 +170,43 @@ class Listener:
 
 
 class GatewayService(MultiService):
-    """The whole gateway: one child service per listener; stopping drains."""
+    """
+    The whole gateway: one child service per listener; stopping drains.
 
-    def __init__(self, config: GatewayConfig, listeners: dict[str, Listener]) -> None:
+    @ivar notifier: told when the gateway is ready and when it drains (the
+        twistd plugin gives it a systemd notifier under C{NOTIFY_SOCKET}).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        listeners: dict[str, Listener],
+        clock: IReactorTime | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.listeners = listeners
-        self.draining = False
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
+        self.clock = clock
+        self.notifier: INotifier = NoNotifier()
         #: The admin endpoint's service, when configured; it stays up while
         #: draining so that /readyz can say so.
         self.admin: ListenerService | None = None
         #: Listeners replaced or removed by a config reload whose connections
         #: are still open; drained with the rest, dropped once empty.
         self.retired: list[Listener] = []
+        self._stop = StagedDrain(
+            clock, self._announce_drain, self._close_listeners, self._finish
+        )
+
+    @property
+    def draining(self) -> bool:
+        """From the start of a drain on (C{/readyz} then answers 503)."""
+        return self._stop.started
 
     def _trackers(self) -> list[ConnectionTracker]:
         self.retired = [r for r in self.retired if r.tracker.connections]
@@ -174,40 +214,95 @@ class GatewayService(MultiService):
             r.tracker for r in self.retired
         ]
 
-    def drain(self, timeout: float | None = None) -> Deferred[None]:
+    def drain(
+        self, timeout: float | None = None, delay: float | None = None
+    ) -> Deferred[None]:
         """
-        Stop accepting on every listener, let open connections finish for
-        C{timeout} (default: the config's C{drain_timeout}; 0: no limit), then
-        close the rest gracefully. Fires once no connection is left.
+        Drain: readiness turns false at once; listeners keep accepting for
+        C{delay} (default: the config's C{drain_delay}), then stop; open
+        connections get C{timeout} (default: C{drain_timeout}; 0: no limit)
+        and the rest are closed gracefully. Fires once no connection is left.
+        A drain already started is joined, not restarted.
         """
-        return ensureDeferred(self._drain(timeout))
+        return self._stop.start(
+            self.config.drain_delay if delay is None else delay,
+            self.config.drain_timeout if timeout is None else timeout,
+        )
 
-    async def _drain(self, timeout: float | None) -> None:
-        self.draining = True
-        wait = self.config.drain_timeout if timeout is None else timeout
-        await DeferredList(
+    def _announce_drain(self) -> None:
+        self.notifier.stopping()
+
+    def _close_listeners(self) -> Awaitable[object]:
+        return DeferredList(
             [
                 d
                 for listener in self.listeners.values()
                 if (d := listener.service.stopService()) is not None
             ]
         )
-        await DeferredList([tracker.drain(wait) for tracker in self._trackers()])
+
+    def _finish(self, timeout: float) -> Awaitable[object]:
+        return DeferredList([tracker.drain(timeout) for tracker in self._trackers()])
 
     def startService(self) -> None:
         super().startService()
         for listener in self.listeners.values():
             listener.expiry.start()
+        services = [lsn.service for lsn in self.listeners.values()]
+        if self.admin is not None:
+            services.append(self.admin)
+        DeferredList(
+            [s.when_listening() for s in services], fireOnOneErrback=True
+        ).addCallbacks(lambda _: self._ready(), lambda _: None)
+
+    def _ready(self) -> None:
+        if not self.draining:
+            self.notifier.ready()
+            self.notifier.start_watchdog()
 
     def stopService(self) -> Deferred[None]:
         for listener in self.listeners.values():
             listener.expiry.stop()
 
         async def stop() -> None:
-            await self._drain(None)
+            await self.drain()
             await super(GatewayService, self).stopService()
+            self.notifier.stop_watchdog()
 
         return ensureDeferred(stop())
+
+
+def server_endpoint(
+    reactor: IReactorCore, description: str, where: str
+) -> IStreamServerEndpoint:
+    """
+    C{serverFromString}, with a socket-activation mistake reported as one
+    line naming C{where} (file, section and key) instead of Twisted's
+    C{IndexError} or C{KeyError}.
+
+    Twisted adopts inherited sockets only when C{LISTEN_FDS} comes with
+    matching C{LISTEN_FDNAMES} (systemd sets both; C{systemd-socket-activate}
+    sets the names only with C{--fdname}); otherwise it sees none at all.
+
+    @raise ListenError: when the C{systemd:} socket asked for was not passed.
+    """
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    except (IndexError, KeyError) as e:
+        if description.split(":", 1)[0].strip().lower() != "systemd":
+            raise
+        which = f"named {e.args[0]!r}" if isinstance(e, KeyError) else "at that index"
+        raise ListenError(
+            f"{where} = {description}: no socket {which} was passed by socket"
+            " activation (Twisted needs LISTEN_FDS with matching LISTEN_FDNAMES:"
+            " FileDescriptorName= in the .socket unit, or"
+            " systemd-socket-activate --fdname=NAME)"
+        ) from None
+    return endpoint
+
+
+def _where(config: GatewayConfig, section: str, key: str) -> str:
+    return f"{config.source or '<config>'}: [{section}] {key}"
 
 
 def endpoint_host(description: str) -> str | None:
@@ -250,11 +345,15 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
     )  # fmt: skip
 
 
-def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
+def build_listener(
+    config: ListenerConfig, reactor: IReactorCore, where: str | None = None
+) -> Listener:
     """
     Build one listener's parts.
 
+    @param where: how errors name its C{listen} key (file, section, key).
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
+    @raise tlsgate.errors.ListenError: when a C{systemd:} socket is missing.
     """
     contexts = build_contexts(config)
     clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -265,7 +364,12 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     )  # fmt: skip
     tracker = stack.tracker
     service = ListenerService(
-        serverFromString(reactor, config.listen), stack.factory, tracker, config.listen
+        server_endpoint(
+            reactor, config.listen, where or f"[listener:{config.name}] listen"
+        ),
+        stack.factory,
+        tracker,
+        config.listen,
     )
     service.setName(f"listener:{config.name}")
     expiry = ExpiryWarnings(contexts, clock)
@@ -286,8 +390,14 @@ def build_service(
 
         reactor = global_reactor
     assert reactor is not None
-    listeners = {lc.name: build_listener(lc, reactor) for lc in config.listeners}
-    gateway = GatewayService(config, listeners)
+    listeners = {
+        lc.name: build_listener(
+            lc, reactor, _where(config, f"listener:{lc.name}", "listen")
+        )
+        for lc in config.listeners
+    }
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    gateway = GatewayService(config, listeners, clock)
     for listener in listeners.values():
         listener.service.setServiceParent(gateway)
     if config.admin:
@@ -298,7 +408,9 @@ def build_service(
         site = Site(AdminRoot(gateway, token_file(config.admin_token_file)))
         site.displayTracebacks = False
         admin = ListenerService(
-            serverFromString(reactor, config.admin), site, description=config.admin
+            server_endpoint(reactor, config.admin, _where(config, "gateway", "admin")),
+            site,
+            description=config.admin,
         )
         admin.setName("admin")
         admin.setServiceParent(gateway)

@@ -7,6 +7,7 @@ that names them and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -17,6 +18,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from tlsgate._reconfigure import reconfigure
+from tlsgate._sdnotify import SystemdNotifier
 from tlsgate._signals import install_stop_handlers
 from tlsgate.config import GatewayConfig, load_config
 from tlsgate.errors import ConfigErrors, TlsgateError
@@ -62,6 +64,9 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     gateway.setServiceParent(service)
     assert isinstance(gateway, GatewayService)
     path = options.get("config")
+    notifier = SystemdNotifier.from_environ(os.environ, reactor)
+    if notifier is not None:
+        gateway.notifier = notifier
     install_stop_handlers(reactor, hangup=lambda: reload_config(gateway, path, reactor))
     return service
 
@@ -71,8 +76,22 @@ def reload_config(
 ) -> Deferred[None]:
     """
     SIGHUP: re-read C{path} and apply it; an invalid file is refused with one
-    log line per problem, and the running config stays.
+    log line per problem, and the running config stays. The service manager
+    hears C{RELOADING=1} before and C{READY=1} after, whatever the outcome.
     """
+    gateway.notifier.reloading()
+    d = _reload_config(gateway, path, reactor)
+
+    def done(result: None) -> None:
+        if not gateway.draining:
+            gateway.notifier.ready()
+
+    return d.addBoth(done)
+
+
+def _reload_config(
+    gateway: GatewayService, path: str | None, reactor: IReactorCore
+) -> Deferred[None]:
     if not path:
         _log.warn(
             "SIGHUP: running the embedded default; there is no config file to re-read",

@@ -105,12 +105,13 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_every_interface_key_is_accepted_together(tmp_path: Path) -> None:
-    """All 35 keys of the interface page parse: nothing is refused or ignored."""
+    """All 36 keys of the interface page parse: nothing is refused or ignored."""
     text = """\
 [gateway]
 admin = tcp:9900:interface=127.0.0.1
 admin_token_file = admin.token
 workers = 1
+drain_delay = 5s
 drain_timeout = 30s
 log_format = json
 
@@ -151,13 +152,14 @@ backend_connect_timeout = 5s
     assert web.tls.alpn == ("h2", "http/1.1")
     assert web.allow is not None and len(web.allow.rules) == 3
     assert web.sni_dir == str(tmp_path / "certs") and web.client_auth == "require"
+    assert config.drain_delay == 5.0
     assert NOT_YET == {}
 
 
 def test_every_interface_key_is_known() -> None:
     """The key lists match the interface page (implemented or refused by name)."""
     assert set(NOT_YET) <= set(GATEWAY_KEYS) | set(LISTENER_KEYS)
-    assert len(LISTENER_KEYS) == 30 and len(GATEWAY_KEYS) == 5
+    assert len(LISTENER_KEYS) == 30 and len(GATEWAY_KEYS) == 6
 
 
 def test_missing_required_keys() -> None:

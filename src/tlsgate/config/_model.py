@@ -51,6 +51,9 @@ class GatewayConfig:
     listeners: tuple[ListenerConfig, ...]
     admin: str | None = None
     admin_token_file: str | None = None
+    #: After a drain starts, how long listeners keep accepting while /readyz
+    #: already says 503, so that load balancers stop sending first.
+    drain_delay: float = 0.0
     drain_timeout: float = 30.0
     log_format: str = "text"
     workers: int = 1

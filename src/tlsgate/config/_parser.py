@@ -29,7 +29,10 @@ from tlsgate.config._values import (
 from tlsgate.errors import ConfigError, ConfigErrors
 from tlsgate.tracker import Limits
 
-GATEWAY_KEYS = ("admin", "admin_token_file", "workers", "drain_timeout", "log_format")
+GATEWAY_KEYS = (
+    "admin", "admin_token_file", "workers", "drain_delay", "drain_timeout",
+    "log_format",
+)  # fmt: skip
 LISTENER_KEYS = (
     "listen", "backend", "cert", "key", "sni_dir", "sni_strict", "client_ca",
     "client_auth", "allow", "ocsp_response", "alpn", "min_version", "ciphers",
@@ -256,6 +259,7 @@ def _parse_gateway(
         "admin": _check_server_endpoint,
         "admin_token_file": lambda text: _path(text, base),
         "workers": _workers,
+        "drain_delay": parse_duration,
         "drain_timeout": parse_duration,
         "log_format": _log_format,
     }
