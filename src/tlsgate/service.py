@@ -11,204 +11,55 @@ connections get C{drain_timeout} to finish, the rest are closed gracefully.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
-    IAddress,
-    IListeningPort,
-    IProtocol,
-    IProtocolFactory,
     IReactorCore,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from tlsgate._gateway import GatewayService, Listener, ListenerService
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
-from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.sni import SniDirectory, install_servername_callback
 from tlsgate.tracker import ConnectionTracker
 from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
+if TYPE_CHECKING:
+    from tlsgate.admin import IGatewayView
 
-@implementer(IProtocolFactory)
-class _SwitchFactory:
-    """
-    The factory a port listens with, delegating to one that can be replaced:
-    a config reload gives new connections new settings on the same socket,
-    while connections already open keep the parts they were made with.
-    """
+__all__ = [
+    "EndpointFor",
+    "GatewayService",
+    "Listener",
+    "ListenerService",
+    "build_admin",
+    "build_contexts",
+    "build_listener",
+    "build_pool",
+    "build_service",
+    "endpoint_host",
+]
 
-    def __init__(self, target: IProtocolFactory) -> None:
-        self.target = target
-
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        return self.target.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self.target.doStart()
-
-    def doStop(self) -> None:
-        self.target.doStop()
-
-
-class ListenerService(Service):
-    """
-    Listens on one endpoint while running, and hands the port to the tracker
-    so that C{max_connections} can pause accepting.
-
-    It binds in C{privilegedStartService}, before twistd drops privileges
-    (C{-u}/C{-g}), so ports below 1024 work as with Twisted's own services. A
-    port that cannot be bound raises L{ListenError} at once, naming the
-    endpoint, rather than logging an unhandled error later.
-    """
-
-    def __init__(
-        self,
-        endpoint: IStreamServerEndpoint,
-        factory: IProtocolFactory,
-        tracker: ConnectionTracker | None = None,
-        description: str | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self._switch = _SwitchFactory(factory)
-        self.tracker = tracker
-        self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
-        self.description = description or repr(endpoint)
-
-    @property
-    def listening(self) -> bool:
-        return self.port is not None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        if self._listening is None:
-            self._listen()
-
-    def replace_factory(
-        self, factory: IProtocolFactory, tracker: ConnectionTracker | None
-    ) -> None:
-        """New connections from now on are built by C{factory} (a config reload)."""
-        if self.tracker is not None:
-            self.tracker.port = None
-        self.factory, self._switch.target, self.tracker = factory, factory, tracker
-        if tracker is not None:
-            tracker.port = self.port
-
-    def _listen(self) -> None:
-        d = self.endpoint.listen(self._switch)
-        self._listening = d
-        failures: list[Failure] = []
-        d.addCallbacks(self._listened, failures.append)
-        if failures:
-            raise ListenError(
-                f"cannot listen on {self.description}: {failures[0].getErrorMessage()}"
-            )
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        if self.tracker is not None:
-            self.tracker.port = port
-        return port
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if self.tracker is not None:
-            self.tracker.port = None
-        if port is not None:
-            self._listening = None
-            result = port.stopListening()
-            return result if isinstance(result, Deferred) else None
-        if self._listening is not None:
-            self._listening.cancel()
-        self._listening = None
-        return None
+#: How a listener's server endpoint is made: from its C{listen} description
+#: by default; a worker process adopts the socket its supervisor bound.
+EndpointFor = Callable[[ListenerConfig, IReactorCore], IStreamServerEndpoint]
 
 
-@dataclass(frozen=True)
-class Listener:
-    """The live parts of one listener, for embedding code and status pages."""
-
-    config: ListenerConfig
-    contexts: ReloadingContextFactory
-    pool: BackendPool
-    tracker: ConnectionTracker
-    service: ListenerService
-    expiry: ExpiryWarnings
-
-
-class GatewayService(MultiService):
-    """The whole gateway: one child service per listener; stopping drains."""
-
-    def __init__(self, config: GatewayConfig, listeners: dict[str, Listener]) -> None:
-        super().__init__()
-        self.config = config
-        self.listeners = listeners
-        self.draining = False
-        #: The admin endpoint's service, when configured; it stays up while
-        #: draining so that /readyz can say so.
-        self.admin: ListenerService | None = None
-        #: Listeners replaced or removed by a config reload whose connections
-        #: are still open; drained with the rest, dropped once empty.
-        self.retired: list[Listener] = []
-
-    def _trackers(self) -> list[ConnectionTracker]:
-        self.retired = [r for r in self.retired if r.tracker.connections]
-        return [lsn.tracker for lsn in self.listeners.values()] + [
-            r.tracker for r in self.retired
-        ]
-
-    def drain(self, timeout: float | None = None) -> Deferred[None]:
-        """
-        Stop accepting on every listener, let open connections finish for
-        C{timeout} (default: the config's C{drain_timeout}; 0: no limit), then
-        close the rest gracefully. Fires once no connection is left.
-        """
-        return ensureDeferred(self._drain(timeout))
-
-    async def _drain(self, timeout: float | None) -> None:
-        self.draining = True
-        wait = self.config.drain_timeout if timeout is None else timeout
-        await DeferredList(
-            [
-                d
-                for listener in self.listeners.values()
-                if (d := listener.service.stopService()) is not None
-            ]
-        )
-        await DeferredList([tracker.drain(wait) for tracker in self._trackers()])
-
-    def startService(self) -> None:
-        super().startService()
-        for listener in self.listeners.values():
-            listener.expiry.start()
-
-    def stopService(self) -> Deferred[None]:
-        for listener in self.listeners.values():
-            listener.expiry.stop()
-
-        async def stop() -> None:
-            await self._drain(None)
-            await super(GatewayService, self).stopService()
-
-        return ensureDeferred(stop())
+def _listen_endpoint(
+    config: ListenerConfig, reactor: IReactorCore
+) -> IStreamServerEndpoint:
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, config.listen)
+    return endpoint
 
 
 def endpoint_host(description: str) -> str | None:
@@ -292,13 +143,23 @@ def build_contexts(
     return contexts
 
 
-def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
+def build_listener(
+    config: ListenerConfig,
+    reactor: IReactorCore,
+    *,
+    contexts: ReloadingContextFactory | None = None,
+    endpoint_for: EndpointFor = _listen_endpoint,
+) -> Listener:
     """
     Build one listener's parts.
 
+    @param contexts: its context factory, when already built (a worker
+        process inherits the one its fork server made).
+    @param endpoint_for: makes the listening endpoint.
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
     """
-    contexts = build_contexts(config)
+    if contexts is None:
+        contexts = build_contexts(config)
     clock: IReactorTime = reactor  # type: ignore[assignment]
     pool = build_pool(config, reactor)
     tracker = ConnectionTracker(
@@ -311,7 +172,7 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
     contexts.listeners.append(tracker.certificate_changed)
     tls = TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
     service = ListenerService(
-        serverFromString(reactor, config.listen), tls, tracker, config.listen
+        endpoint_for(config, reactor), tls, tracker, config.listen
     )
     service.setName(f"listener:{config.name}")
     expiry = ExpiryWarnings(contexts, clock)
@@ -319,34 +180,59 @@ def build_listener(config: ListenerConfig, reactor: IReactorCore) -> Listener:
 
 
 def build_service(
-    config: GatewayConfig, reactor: IReactorCore | None = None
+    config: GatewayConfig,
+    reactor: IReactorCore | None = None,
+    *,
+    contexts: dict[str, ReloadingContextFactory] | None = None,
+    endpoint_for: EndpointFor = _listen_endpoint,
+    admin: bool = True,
 ) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
 
     @param reactor: the reactor to listen and connect with (the global one by
         default).
+    @param contexts: context factories already built, by listener name.
+    @param endpoint_for: makes each listener's endpoint.
+    @param admin: serve the admin endpoint if configured (a worker process
+        does not: its supervisor serves the one admin endpoint).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     assert reactor is not None
-    listeners = {lc.name: build_listener(lc, reactor) for lc in config.listeners}
+    built = contexts or {}
+    listeners = {
+        lc.name: build_listener(
+            lc, reactor, contexts=built.get(lc.name), endpoint_for=endpoint_for
+        )
+        for lc in config.listeners
+    }
     gateway = GatewayService(config, listeners)
     for listener in listeners.values():
         listener.service.setServiceParent(gateway)
-    if config.admin:
-        from twisted.web.server import Site
+    if config.admin and admin:
+        from tlsgate.admin import LocalView
 
-        from tlsgate.admin import AdminRoot, token_file
-
-        site = Site(AdminRoot(gateway, token_file(config.admin_token_file)))
-        site.displayTracebacks = False
-        admin = ListenerService(
-            serverFromString(reactor, config.admin), site, description=config.admin
-        )
-        admin.setName("admin")
-        admin.setServiceParent(gateway)
-        gateway.admin = admin
+        gateway.admin = build_admin(config, LocalView(gateway), reactor)
+        gateway.admin.setServiceParent(gateway)
     return gateway
+
+
+def build_admin(
+    config: GatewayConfig, view: IGatewayView, reactor: IReactorCore
+) -> ListenerService:
+    """The admin endpoint's service, serving C{view} (an L{IGatewayView})."""
+    from twisted.web.server import Site
+
+    from tlsgate.admin import AdminRoot, token_file
+
+    assert config.admin is not None
+    site = Site(AdminRoot(view, token_file(config.admin_token_file)))
+    site.displayTracebacks = False
+    service = ListenerService(
+        serverFromString(reactor, config.admin), site, description=config.admin
+    )
+    service.setName("admin")
+    return service

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from tlsgate.tracker import CloseReason
 
 if TYPE_CHECKING:
-    from tlsgate.service import Listener
+    from tlsgate._gateway import Listener
 
 Listeners = Callable[[], Mapping[str, "Listener"]]
 

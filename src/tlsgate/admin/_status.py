@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tlsgate._version import __version__
 
 if TYPE_CHECKING:
-    from tlsgate.service import GatewayService, Listener
+    from tlsgate._gateway import GatewayService, Listener
 
 
 def _iso(dt: Any) -> str:
