@@ -60,8 +60,16 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     service = _ExitOnStartError()
     gateway = service_for(options, reactor)
     gateway.setServiceParent(service)
-    assert isinstance(gateway, GatewayService)
     path = options.get("config")
+    if not isinstance(gateway, GatewayService):
+        from tlsgate.workers import SupervisorService, reload_supervisor
+
+        assert isinstance(gateway, SupervisorService) and path
+        supervisor = gateway
+        install_stop_handlers(
+            reactor, hangup=lambda: reload_supervisor(supervisor, path)
+        )
+        return service
     install_stop_handlers(reactor, hangup=lambda: reload_config(gateway, path, reactor))
     return service
 
@@ -129,6 +137,11 @@ def service_for(
             from tlsgate.demo import build_demo_service
 
             return build_demo_service(reactor)
+        if config.workers > 1:
+            from tlsgate.workers import build_supervisor
+
+            assert reactor is not None
+            return build_supervisor(config, reactor)
         from tlsgate.service import build_service
 
         return build_service(config, reactor)

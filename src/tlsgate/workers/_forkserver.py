@@ -1,0 +1,102 @@
+"""
+The fork server: a small process that never runs a reactor, builds every
+listener's TLS contexts once, and forks workers on request.
+
+Why a separate process: pyOpenSSL cannot set session ticket keys, so workers
+can only share them by inheriting one C{SSL.Context} through C{fork}; and
+forking the supervisor, which runs a Twisted reactor (an epoll descriptor,
+timers, threads), would hand each worker a copy of live reactor state. This
+process imports no reactor, so each forked worker installs a fresh one.
+
+It is started as C{python -m tlsgate.workers._forkserver} with its control
+socket at descriptor 3 and the listening sockets at the numbers its setup
+names. It ends when its supervisor closes the control socket (or tells it
+to retire) and its last worker has exited; if the supervisor dies, the
+kernel kills it (C{PR_SET_PDEATHSIG}) and its workers are told to drain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from tlsgate.workers._process import die_with_parent
+from tlsgate.workers._wire import unpack_setup
+
+CONTROL_FD = 3
+
+
+def _reap(children: set[int], block: bool) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        if os.WIFSIGNALED(status):
+            how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        else:
+            how = f"exit status {os.waitstatus_to_exitcode(status)}"
+        print(f"tlsgate fork server: worker pid {pid} ended ({how})", file=sys.stderr)
+
+
+def main() -> int:
+    die_with_parent(signal.SIGKILL, os.getppid())
+    # Signals for the process group (Ctrl-C, systemd's SIGTERM to the whole
+    # cgroup) are the supervisor's and the workers' business.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    control = socket.socket(fileno=CONTROL_FD)
+    setup = unpack_setup(control.recv(16 * 1024 * 1024))
+
+    from tlsgate.errors import TlsgateError
+    from tlsgate.service import build_contexts
+
+    try:
+        contexts = {lc.name: build_contexts(lc) for lc in setup.config.listeners}
+    except TlsgateError as e:
+        print(f"tlsgate fork server: cannot start: {e}", file=sys.stderr)
+        return 2
+    for factory in contexts.values():
+        factory.share_sessions()
+
+    children: set[int] = set()
+    while True:
+        message, fds, _flags, _addr = socket.recv_fds(control, 65536, 1)
+        _reap(children, block=False)
+        if not message:
+            break
+        request = json.loads(message)
+        if request.get("retire"):
+            break
+        if not fds:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                control.close()
+                from tlsgate.workers._worker import serve
+
+                serve(int(request["slot"]), fds[0], setup, contexts)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        children.add(pid)
+    control.close()
+    _reap(children, block=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""
+A worker process: a fresh reactor serving the gateway on sockets its
+supervisor bound, controlled over one Unix socket.
+
+A worker is an ordinary one-process gateway (the same L{build_service}, the
+same per-connection path) with three differences: its listeners adopt
+inherited sockets instead of binding, its TLS contexts were built before the
+fork (so all workers share ticket keys), and it serves no admin endpoint;
+instead it answers its supervisor's requests for status and metrics, and
+drains when told to, when the supervisor goes away, or on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+from prometheus_client.core import Metric
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorSocket,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tlsgate._gateway import GatewayService
+from tlsgate.certs import ReloadingContextFactory
+from tlsgate.config import ListenerConfig
+from tlsgate.workers._process import die_with_parent
+from tlsgate.workers._wire import MAX_LINE, ForkServerSetup, decode, encode
+
+_log = Logger()
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """
+    Listens on a socket bound elsewhere (by the supervisor), so that every
+    worker accepts from the same queue.
+    """
+
+    def __init__(self, reactor: IReactorSocket, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        port = self._reactor.adoptStreamPort(
+            self._fd,
+            socket.AddressFamily(self._family),
+            factory,  # type: ignore[arg-type]
+        )
+        return succeed(port)
+
+
+def metric_families(families: list[Metric]) -> list[dict[str, Any]]:
+    """Metric families as JSON-able values, for the supervisor to sum."""
+    return [
+        {
+            "name": f.name,
+            "documentation": f.documentation,
+            "type": f.type,
+            "samples": [[s.name, s.labels, s.value] for s in f.samples],
+        }
+        for f in families
+    ]
+
+
+class WorkerControl(LineReceiver):
+    """The worker's end of its control socket."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def connectionMade(self) -> None:
+        self.sendLine(encode({"hello": self.worker.hello()})[:-1])
+
+    def lineReceived(self, line: bytes) -> None:
+        message = decode(line)
+        reply = self.worker.handle(message)
+        if reply is not None:
+            self.sendLine(encode({"id": message.get("id"), **reply})[:-1])
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.worker.stop("the supervisor went away")
+
+
+class Worker:
+    """What a worker does on its supervisor's requests."""
+
+    def __init__(
+        self, slot: int, gateway: GatewayService, reactor: IReactorCore
+    ) -> None:
+        self.slot = slot
+        self.gateway = gateway
+        self.reactor = reactor
+        self.stopping = False
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "slot": self.slot,
+            "listening": sorted(
+                n for n, lsn in self.gateway.listeners.items() if lsn.service.listening
+            ),
+        }
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        from tlsgate.admin import GatewayCollector, gateway_status, reload_now
+
+        command = message.get("cmd")
+        if command == "report":
+            families = list(GatewayCollector(lambda: self.gateway.listeners).collect())
+            return {
+                "status": gateway_status(self.gateway),
+                "metrics": metric_families(families),
+            }
+        if command == "reload":
+            ok, result = reload_now(self.gateway)
+            return {"ok": ok, "result": result}
+        if command == "drain":
+            self.stop("the supervisor asked")
+            return None
+        return {"error": f"unknown command {command!r}"}
+
+    def stop(self, why: str) -> None:
+        """Drain (stop accepting, let connections finish), then exit."""
+        if self.stopping:
+            return
+        self.stopping = True
+        _log.info("worker {slot}: draining: {why}", slot=self.slot, why=why,
+                  event="worker_draining")  # fmt: skip
+        d = self.gateway.stopService()
+        d.addBoth(lambda _: self.reactor.stop())
+
+
+def _begin_logging(slot: int, json_lines: bool) -> None:
+    from twisted.logger import (
+        ILogObserver,
+        LogEvent,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from tlsgate import logs
+
+    observer = (
+        logs.json_observer(sys.stdout)
+        if json_lines
+        else textFileLogObserver(sys.stdout)
+    )
+
+    @implementer(ILogObserver)
+    def tagged(event: LogEvent) -> None:
+        event.setdefault("log_system", f"worker {slot}")
+        event.setdefault("worker", slot)
+        observer(event)
+
+    # The buffer holds what the fork server logged before forking (the
+    # supervisor has said it already): not repeated once per worker.
+    globalLogBeginner.beginLoggingTo(
+        [tagged], discardBuffer=True, redirectStandardIO=False
+    )
+
+
+def serve(
+    slot: int,
+    control_fd: int,
+    setup: ForkServerSetup,
+    contexts: dict[str, ReloadingContextFactory],
+) -> None:
+    """Run worker C{slot} until it has drained (called in the forked child)."""
+    parent = os.getppid()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    die_with_parent(signal.SIGTERM, parent)
+
+    from twisted.internet import default
+
+    default.install()
+    from twisted.internet import reactor
+
+    from tlsgate.service import build_service
+
+    _begin_logging(slot, setup.config.log_format == "json")
+
+    def endpoint_for(lc: ListenerConfig, r: IReactorCore) -> IStreamServerEndpoint:
+        fd, family = setup.sockets[lc.name]
+        return AdoptedEndpoint(r, fd, family)  # type: ignore[arg-type]
+
+    gateway = build_service(
+        setup.config, reactor, contexts=contexts, endpoint_for=endpoint_for,
+        admin=False,
+    )  # fmt: skip
+    assert isinstance(gateway, GatewayService)
+    gateway.privilegedStartService()
+    gateway.startService()
+    for fd, _family in setup.sockets.values():
+        os.close(fd)  # adopted ports hold their own duplicates
+    worker = Worker(slot, gateway, reactor)
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(worker.stop, signal.Signals(number).name)  # type: ignore[attr-defined]
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's job
+
+    reactor.callWhenRunning(install)
+    factory = Factory.forProtocol(lambda: WorkerControl(worker))
+    reactor.adoptStreamConnection(control_fd, socket.AF_UNIX, factory)  # type: ignore[attr-defined]
+    os.close(control_fd)
+    _log.info("worker {slot} (pid {pid}) serving", slot=slot, pid=os.getpid(),
+              event="worker_started")  # fmt: skip
+    reactor.run()
