@@ -88,13 +88,13 @@ def echo_once(
 
 
 def served_by(
-    site: Site, admin_port: int, **kw: Any
+    site: Site, admin_port: int, listener: str = "web", **kw: Any
 ) -> tuple[int, bool, ssl.SSLSession | None]:
     """Make one connection; the pid of the worker that accepted it, resumed, session."""
-    before = accepted_by_pid(admin_port)
+    before = accepted_by_pid(admin_port, listener)
     session, reused = echo_once(site, **kw)
     after = wait_until(
-        lambda: (a := accepted_by_pid(admin_port)) != before and a,
+        lambda: (a := accepted_by_pid(admin_port, listener)) != before and a,
         what="a count to move",
     )
     (pid,) = [p for p, n in after.items() if n != before.get(p, 0)]
