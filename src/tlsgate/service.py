@@ -11,7 +11,7 @@ connections get C{drain_timeout} to finish, the rest are closed gracefully.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.sni import SniDirectory, install_servername_callback
-from tlsgate.tracker import ConnectionTracker
+from tlsgate.tracker import ConnectionTracker, ListenerCounts
 from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ def build_listener(
     *,
     contexts: ReloadingContextFactory | None = None,
     endpoint_for: EndpointFor = _listen_endpoint,
+    shared: ListenerCounts | None = None,
 ) -> Listener:
     """
     Build one listener's parts.
@@ -156,6 +157,8 @@ def build_listener(
     @param contexts: its context factory, when already built (a worker
         process inherits the one its fork server made).
     @param endpoint_for: makes the listening endpoint.
+    @param shared: connection counts over every worker process, for caps
+        that hold gateway-wide.
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
     """
     if contexts is None:
@@ -168,6 +171,7 @@ def build_listener(
         clock,
         name=config.name,
         generation=lambda: contexts.generation,
+        shared=shared,
     )
     contexts.listeners.append(tracker.certificate_changed)
     tls = TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
@@ -186,6 +190,7 @@ def build_service(
     contexts: dict[str, ReloadingContextFactory] | None = None,
     endpoint_for: EndpointFor = _listen_endpoint,
     admin: bool = True,
+    shared: Mapping[str, ListenerCounts] | None = None,
 ) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
@@ -194,6 +199,7 @@ def build_service(
         default).
     @param contexts: context factories already built, by listener name.
     @param endpoint_for: makes each listener's endpoint.
+    @param shared: per listener name, counts over every worker process.
     @param admin: serve the admin endpoint if configured (a worker process
         does not: its supervisor serves the one admin endpoint).
     """
@@ -205,7 +211,11 @@ def build_service(
     built = contexts or {}
     listeners = {
         lc.name: build_listener(
-            lc, reactor, contexts=built.get(lc.name), endpoint_for=endpoint_for
+            lc,
+            reactor,
+            contexts=built.get(lc.name),
+            endpoint_for=endpoint_for,
+            shared=(shared or {}).get(lc.name),
         )
         for lc in config.listeners
     }

@@ -66,6 +66,9 @@ def main() -> int:
         return 2
     for factory in contexts.values():
         factory.share_sessions()
+    from tlsgate.tracker import SharedCounts
+
+    counts = SharedCounts(list(contexts), setup.config.workers)
 
     children: set[int] = set()
     while True:
@@ -85,7 +88,7 @@ def main() -> int:
                 control.close()
                 from tlsgate.workers._worker import serve
 
-                serve(int(request["slot"]), fds[0], setup, contexts)
+                serve(int(request["slot"]), fds[0], setup, contexts, counts)
                 code = 0
             except BaseException:
                 traceback.print_exc()

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from tlsgate._gateway import GatewayService
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.config import ListenerConfig
+from tlsgate.tracker import SharedCounts
 from tlsgate.workers._process import die_with_parent
 from tlsgate.workers._wire import MAX_LINE, ForkServerSetup, decode, encode
 
@@ -182,6 +183,7 @@ def serve(
     control_fd: int,
     setup: ForkServerSetup,
     contexts: dict[str, ReloadingContextFactory],
+    counts: SharedCounts,
 ) -> None:
     """Run worker C{slot} until it has drained (called in the forked child)."""
     parent = os.getppid()
@@ -204,7 +206,7 @@ def serve(
 
     gateway = build_service(
         setup.config, reactor, contexts=contexts, endpoint_for=endpoint_for,
-        admin=False,
+        admin=False, shared={n: counts.for_worker(n, slot) for n in contexts},
     )  # fmt: skip
     assert isinstance(gateway, GatewayService)
     gateway.privilegedStartService()
