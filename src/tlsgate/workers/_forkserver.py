@@ -30,7 +30,28 @@ from tlsgate.workers._wire import unpack_setup
 CONTROL_FD = 3
 
 
-def _reap(children: set[int], block: bool) -> None:
+def _say(text: str, event: str, json_lines: bool, level: str = "info") -> None:
+    """One log line in the gateway's format (no Twisted logging runs here)."""
+    import time
+
+    if json_lines:
+        from twisted.logger import LogLevel
+
+        from tlsgate.logs import format_json_line
+
+        line = format_json_line({
+            "log_time": time.time(), "log_level": LogLevel.levelWithName(level),
+            "log_format": "{text}", "text": text, "event": event,
+            "log_namespace": "tlsgate.workers.forkserver",
+        })  # fmt: skip
+    else:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        line = f"{stamp} [tlsgate fork server] {text}\n"
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+def _reap(children: set[int], block: bool, json_lines: bool) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
@@ -44,7 +65,7 @@ def _reap(children: set[int], block: bool) -> None:
             how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
         else:
             how = f"exit status {os.waitstatus_to_exitcode(status)}"
-        print(f"tlsgate fork server: worker pid {pid} ended ({how})", file=sys.stderr)
+        _say(f"worker pid {pid} ended ({how})", "worker_ended", json_lines)
 
 
 def main() -> int:
@@ -55,6 +76,7 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)
     control = socket.socket(fileno=CONTROL_FD)
     setup = unpack_setup(control.recv(16 * 1024 * 1024))
+    json_lines = setup.config.log_format == "json"
 
     from tlsgate.errors import TlsgateError
     from tlsgate.service import build_contexts
@@ -62,7 +84,7 @@ def main() -> int:
     try:
         contexts = {lc.name: build_contexts(lc) for lc in setup.config.listeners}
     except TlsgateError as e:
-        print(f"tlsgate fork server: cannot start: {e}", file=sys.stderr)
+        _say(f"cannot start: {e}", "forkserver_failed", json_lines, "error")
         return 2
     for factory in contexts.values():
         factory.share_sessions()
@@ -73,7 +95,7 @@ def main() -> int:
     children: set[int] = set()
     while True:
         message, fds, _flags, _addr = socket.recv_fds(control, 65536, 1)
-        _reap(children, block=False)
+        _reap(children, False, json_lines)
         if not message:
             break
         request = json.loads(message)
@@ -97,7 +119,11 @@ def main() -> int:
         os.close(fds[0])
         children.add(pid)
     control.close()
-    _reap(children, block=True)
+    # Retired: the listening sockets are the workers' (and the supervisor's)
+    # alone now, so they close when those let go of them.
+    for fd, _family in setup.sockets.values():
+        os.close(fd)
+    _reap(children, True, json_lines)
     return 0
 
 

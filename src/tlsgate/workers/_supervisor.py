@@ -338,6 +338,13 @@ class SupervisorService(MultiService):
             w.state = "draining"
             if w.control is not None:
                 w.control.tell("drain")
+        # Nothing is to accept any more: once every process lets go of its
+        # copy of a socket, new clients are refused rather than queued.
+        for server in self.forkservers.values():
+            server.retire()
+        for bound in self.sockets.values():
+            bound.port.stopListening()
+        self.sockets.clear()
         if not self.workers:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -347,13 +354,7 @@ class SupervisorService(MultiService):
     def stopService(self) -> Deferred[None]:
         async def stop() -> None:
             await self.drain()
-            ended = [s.ended for s in self.forkservers.values()]
-            for server in list(self.forkservers.values()):
-                server.retire()
-            await DeferredList(ended)
-            for bound in self.sockets.values():
-                bound.port.stopListening()
-            self.sockets.clear()
+            await DeferredList([s.ended for s in self.forkservers.values()])
             await super(SupervisorService, self).stopService()
 
         return ensureDeferred(stop())
