@@ -155,6 +155,10 @@ def _sent(transport: StringTransport) -> list[dict[str, Any]]:
     return [json.loads(line) for line in transport.value().splitlines()]
 
 
+def _retires(transport: StringTransport) -> list[int]:
+    return [m["id"] for m in _sent(transport) if m.get("cmd") == "retire"]
+
+
 def test_workers_start_and_readiness_waits_for_all() -> None:
     s, launcher, _ = _supervisor()
     (server,) = launcher.servers
@@ -210,12 +214,23 @@ def test_a_new_generation_replaces_the_old_once_it_serves() -> None:
     s.apply(_config(2, sni_strict=True))
     new = launcher.servers[1]
     assert old.retired and new.setup.generation == 2
-    _hello(new.workers[0][1], 200)
-    assert all({"cmd": "drain"} not in _sent(t) for _, _, t in old.workers)
-    _hello(new.workers[1][1], 201)
-    assert all({"cmd": "drain"} in _sent(t) for _, _, t in old.workers)
+    _hello(new.workers[0][1], 150)  # one of two: the old ones keep accepting
+    served: list[bool] = []
+    s.apply(_config(2, sni_strict=False), lambda: served.append(True))
+    third = launcher.servers[2]
+    _hello(third.workers[0][1], 200)
+    assert all(_retires(t) == [] for _, _, t in old.workers)
+    _hello(third.workers[1][1], 201)
+    # Generation 2 never served in every slot: it is retired with the first.
+    for _, control, transport in [*old.workers, *new.workers]:
+        (ident,) = _retires(transport)
+        assert not served
+        control.dataReceived(
+            json.dumps({"id": ident, "accepting": False}).encode() + b"\n"
+        )  # type: ignore[attr-defined]
+    assert served == [True]  # the new config is announced once only it is served
     _lose(old.workers[0][1])
-    assert s.restarts == 0  # a drained worker's exit is no death
+    assert s.restarts == 0  # a retired worker's exit is no death
 
 
 def test_status_asks_every_worker_and_sums() -> None:

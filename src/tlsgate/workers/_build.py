@@ -98,8 +98,17 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
         site = cast(Site, supervisor.admin.factory)
         cast(AdminRoot, site.resource).token = token_file(new.admin_token_file)
         kept.append("admin: token file changed")
+    listeners = listener_changes(supervisor.config, new)
+    done: Deferred[None] = Deferred()
+
+    def serving() -> None:
+        for change in listeners:
+            _log.info("SIGHUP: {path}: {change}", path=path, change=change,
+                      event="config_reloaded")  # fmt: skip
+        done.callback(None)
+
     try:
-        changes = supervisor.apply(new)
+        changes = supervisor.apply(new, serving)
     except TlsgateError as e:
         _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
                    path=path, error=str(e), event="config_refused")  # fmt: skip
@@ -107,4 +116,22 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
     for change in [*kept, *changes]:
         _log.info("SIGHUP: {path}: {change}", path=path, change=change,
                   event="config_reloaded")  # fmt: skip
-    return succeed(None)
+    return done
+
+
+def listener_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """What a new config changes, in the words a one-process reload logs."""
+    before = {lc.name: lc for lc in old.listeners}
+    after = {lc.name: lc for lc in new.listeners}
+    out = []
+    for name, lc in after.items():
+        was = before.get(name)
+        if was is None or was.listen != lc.listen:
+            out.append(f"listener {name}: listening on {lc.listen}")
+        elif was != lc:
+            out.append(f"listener {name}: new settings for new connections")
+    for name in before.keys() - after.keys():
+        out.append(f"listener {name}: removed; its open connections continue")
+    if new.workers != old.workers:
+        out.append(f"workers: now {new.workers}")
+    return out

@@ -195,6 +195,7 @@ class SupervisorService(MultiService):
         self._respawns: dict[int, IDelayedCall] = {}
         self._rotation: IDelayedCall | None = None
         self._all_gone: list[Deferred[None]] = []
+        self._on_serving: dict[int, list[Callable[[], object]]] = {}
         self.admin: Any = None
 
     # -- starting ----------------------------------------------------------
@@ -281,11 +282,31 @@ class SupervisorService(MultiService):
             self._drain_older()
 
     def _drain_older(self) -> None:
+        """
+        The current generation serves in every slot: the older workers stop
+        accepting (each says when it has) and drain their connections.
+        """
+        stopped = []
         for w in self.workers:
             if w.generation < self.generation and w.state != "draining":
                 w.state = "draining"
                 if w.control is not None:
-                    w.control.tell("drain")
+                    stopped.append(w.control.request("retire"))
+        generation = self.generation
+        callbacks = [
+            callback
+            for g in sorted(self._on_serving)
+            if g <= generation
+            for callback in self._on_serving.pop(g)
+        ]
+
+        def alone(_: object) -> None:
+            _log.info("workers: generation {generation} serves alone",
+                      generation=generation, event="workers_generation_serving")  # fmt: skip
+            for callback in callbacks:
+                callback()
+
+        DeferredList(stopped, consumeErrors=True).addCallback(alone)
 
     def worker_lost(self, handle: WorkerHandle) -> None:
         if handle in self.workers:
@@ -359,10 +380,13 @@ class SupervisorService(MultiService):
 
         return ensureDeferred(stop())
 
-    def apply(self, config: GatewayConfig) -> list[str]:
+    def apply(
+        self, config: GatewayConfig, on_serving: Callable[[], object] | None = None
+    ) -> list[str]:
         """
         Serve C{config} (already validated): bind what is new, start a new
         generation of workers, release sockets no listener uses any more.
+        C{on_serving} is called once the new workers alone accept.
 
         @raise ListenError: before anything changed, when a new socket
             cannot be bound.
@@ -377,11 +401,13 @@ class SupervisorService(MultiService):
                 bound.port.stopListening()
             raise
         self.sockets.update(fresh)
-        changes = [f"listening on {listen}" for listen in sorted(fresh)]
+        changes = [f"bound {listen}" for listen in sorted(fresh)]
+        if on_serving is not None:
+            self._on_serving.setdefault(self.generation + 1, []).append(on_serving)
         self._start_generation(config, "new config")
         for listen in set(self.sockets) - wanted:
             self.sockets.pop(listen).port.stopListening()
-            changes.append(f"no listener on {listen} any more")
+            changes.append(f"released {listen}")
         changes.append(
             f"new workers (generation {self.generation}) serve it; the old ones"
             " drain once every new one serves"

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from prometheus_client.core import Metric
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -88,6 +88,7 @@ class WorkerControl(LineReceiver):
         self.worker = worker
 
     def connectionMade(self) -> None:
+        self.worker.control = self
         self.sendLine(encode({"hello": self.worker.hello()})[:-1])
 
     def lineReceived(self, line: bytes) -> None:
@@ -110,6 +111,7 @@ class Worker:
         self.gateway = gateway
         self.reactor = reactor
         self.stopping = False
+        self.control: WorkerControl | None = None
 
     def hello(self) -> dict[str, Any]:
         return {
@@ -136,7 +138,28 @@ class Worker:
         if command == "drain":
             self.stop("the supervisor asked")
             return None
+        if command == "retire":
+            self.retire(message.get("id"))
+            return None
         return {"error": f"unknown command {command!r}"}
+
+    def retire(self, ident: object) -> None:
+        """
+        Replaced by a new generation: stop accepting at once (the new workers
+        accept on the same sockets), say so, then drain.
+        """
+        stopped = [
+            d
+            for lsn in self.gateway.listeners.values()
+            if (d := lsn.service.stopService()) is not None
+        ]
+
+        def say(_: object) -> None:
+            if self.control is not None:
+                self.control.sendLine(encode({"id": ident, "accepting": False})[:-1])
+            self.stop("replaced by a new generation")
+
+        DeferredList(stopped).addCallback(say)
 
     def stop(self, why: str) -> None:
         """Drain (stop accepting, let connections finish), then exit."""
