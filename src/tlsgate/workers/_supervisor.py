@@ -72,9 +72,14 @@ def bind(reactor: IReactorCore, description: str) -> BoundSocket:
     """
     failures: list[Failure] = []
     ports: list[IListeningPort] = []
-    serverFromString(reactor, description).listen(
-        Factory.forProtocol(Protocol)
-    ).addCallbacks(ports.append, failures.append)
+    try:
+        endpoint = serverFromString(reactor, description)
+        endpoint.listen(Factory.forProtocol(Protocol)).addCallbacks(
+            ports.append, failures.append
+        )
+    except (IndexError, KeyError, ValueError, OSError) as e:
+        # e.g. a systemd: index that socket activation did not pass
+        raise ListenError(f"cannot listen on {description}: {e!r}") from None
     if failures or not ports:
         why = failures[0].getErrorMessage() if failures else "no port"
         raise ListenError(f"cannot listen on {description}: {why}")
