@@ -67,3 +67,18 @@ def test_a_replaced_worker_starts_from_zero() -> None:
     assert counts.for_worker("web", 0).of("192.0.2.1") == 1
     counts.for_worker("web", 1)  # its replacement
     assert mine.total() == 0 and mine.of("192.0.2.1") == 0
+
+
+def test_a_worker_finding_the_cap_reached_elsewhere_pauses_not_resets() -> None:
+    """Over by at most one connection per worker, and nobody is reset."""
+    clock = Clock()
+    a, b = _workers(clock, max_connections=2)
+    port_a, port_b = Port(), Port()
+    a.port, b.port = port_a, port_b  # type: ignore[assignment]
+    connect(a)
+    connect(a)
+    assert not port_a.reading and port_b.reading  # b has not accepted since
+    late, transport = connect(b)
+    assert isinstance(late, TrackedProtocol) and not transport.aborted
+    assert not port_b.reading
+    assert b.shared is not None and b.shared.total() == 3

@@ -180,10 +180,18 @@ class ConnectionTracker:
         cap = self.limits.max_connections
         shared = self.shared
         open_now = len(self.connections) if shared is None else shared.total()
-        if cap and open_now >= cap and not self._accept_paused:
+        if (
+            cap
+            and open_now >= cap
+            and not self._accept_paused
+            and (shared is None or self.port is None)
+        ):
             # The port cannot pause accepting: refuse. (When it can, Twisted may
             # still hand over the rest of the batch it accepted in one go before
-            # the pause took effect; those are admitted, not reset.)
+            # the pause took effect; those are admitted, not reset.) With
+            # workers, the cap may have been reached in another worker: this
+            # one admits the connection and pauses too (so the gateway goes
+            # over by at most one connection per worker).
             return CloseReason.LIMIT
         per_client = self.limits.max_connections_per_client
         if (
