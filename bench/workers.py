@@ -1,7 +1,8 @@
 """
 workers = 1 against workers = 2, side by side in one run: full TLS
 handshakes per second, CPU per handshake, and how evenly connections spread
-over the workers (see docs/benchmarks.md, "Workers").
+over the workers, for workers sharing one inherited socket (what ships) and
+for one SO_REUSEPORT socket per worker (see docs/benchmarks.md, "Workers").
 
     python3 bench/workers.py [--duration 5] [--rounds 2] [--conc 32]
                              [--hsload /tmp/hsload] [--server-cpu 0] [--load-cpu 1]
@@ -80,6 +81,7 @@ def admin_get(port: int, path: str) -> dict:
 
 
 def accepted(admin: int, workers: int) -> dict[int, int]:
+    """Connections accepted so far, per worker pid."""
     doc = admin_get(admin, "/status")
     if workers == 1:
         return {0: doc["listeners"]["web"]["connections"]["accepted"]}
@@ -150,8 +152,17 @@ def start_nginx(work: Path, port: int, cpu: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["taskset", "-c", cpu, nginx, "-c", str(conf)])
 
 
+VARIANTS = {
+    # name: (workers, SO_REUSEPORT per worker)
+    "w1": (1, False),
+    "w2": (2, False),
+    "w2-reuseport": (2, True),
+}
+
+
 def run_one(args: argparse.Namespace, work: Path, cert: Path, backend: int,
-            workers: int) -> dict[str, float]:  # fmt: skip
+            variant: str) -> dict[str, float]:  # fmt: skip
+    workers, reuseport = VARIANTS[variant]
     port, admin = free_ports(2)
     ini = work / f"w{workers}.ini"
     ini.write_text(
@@ -161,6 +172,7 @@ def run_one(args: argparse.Namespace, work: Path, cert: Path, backend: int,
         "session_resumption = off\nidle_timeout = 0\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{REPO}")
+    env["TLSGATE_REUSEPORT"] = "1" if reuseport else "0"
     twistd = str(Path(sys.executable).with_name("twistd"))
     log = open(work / f"w{workers}.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -229,14 +241,15 @@ def main() -> int:
     cert = make_cert(work)
     (backend,) = free_ports(1)
     nginx = start_nginx(work, backend, args.load_cpu)
-    rows: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    names = list(VARIANTS)
+    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     try:
         time.sleep(0.5)
         for r in range(args.rounds):
-            for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                row = run_one(args, work, cert, backend, workers)
-                rows[workers].append(row)
-                print(f"round {r + 1} workers={workers}: {json.dumps(row)}", flush=True)
+            for variant in names if r % 2 == 0 else names[::-1]:
+                row = run_one(args, work, cert, backend, variant)
+                rows[variant].append(row)
+                print(f"round {r + 1} {variant}: {json.dumps(row)}", flush=True)
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -244,13 +257,12 @@ def main() -> int:
           f" hsload -c {args.conc} and nginx on CPU {args.load_cpu}:")  # fmt: skip
     keys = ["hs_per_s", "us_cpu_per_hs", "supervisor_cpu_s", "spread_max_share", "p99_ms",
             "errors"]  # fmt: skip
-    print(f"| {'':18} | workers = 1 | workers = 2 | ratio 2/1 |")
-    print("|---|---|---|---|")
+    print(f"| {'':18} | " + " | ".join(f"{n:>12}" for n in names) + " | w2/w1 |")
+    print("|---" * (len(names) + 2) + "|")
     for k in keys:
-        one = statistics.median(x[k] for x in rows[1])
-        two = statistics.median(x[k] for x in rows[2])
-        ratio = f"{two / one:.2f}" if one else "-"
-        print(f"| {k:18} | {one:11.3f} | {two:11.3f} | {ratio:>9} |")
+        med = [statistics.median(x[k] for x in rows[n]) for n in names]
+        ratio = f"{med[1] / med[0]:.2f}" if med[0] else "-"
+        print(f"| {k:18} | " + " | ".join(f"{m:12.3f}" for m in med) + f" | {ratio} |")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -121,7 +121,7 @@ def main() -> int:
     control.close()
     # Retired: the listening sockets are the workers' (and the supervisor's)
     # alone now, so they close when those let go of them.
-    for fd, _family in setup.sockets.values():
+    for fd in setup.descriptors():
         os.close(fd)
     _reap(children, True, json_lines)
     return 0

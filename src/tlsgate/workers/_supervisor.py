@@ -13,6 +13,7 @@ once every new one serves, so the gateway never stops accepting.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,11 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -53,20 +58,41 @@ REQUEST_TIMEOUT = 5.0
 FIRST_LISTEN_FD = 4
 
 
-@dataclass(frozen=True)
+@dataclass
 class BoundSocket:
-    """A listening socket bound by the supervisor (which never accepts on it)."""
+    """
+    A listening socket bound by the supervisor (which never accepts on it).
 
-    port: IListeningPort
+    With C{SO_REUSEPORT} (L{bind_reuseport}), each worker slot gets its own
+    socket bound to the same address instead, made on demand.
+    """
+
+    port: IListeningPort | None
     fd: int
     family: int
+    _slots: list[socket.socket] = field(default_factory=list)
+
+    def fd_for(self, slot: int) -> int:
+        """The descriptor worker C{slot} accepts on."""
+        if not self._slots:
+            return self.fd
+        first = self._slots[0]
+        while len(self._slots) <= slot:
+            self._slots.append(_reuseport_socket(self.family, first.getsockname()[:2]))
+        return self._slots[slot].fileno()
+
+    def close(self) -> None:
+        if self.port is not None:
+            self.port.stopListening()
+        for s in self._slots:
+            s.close()
 
 
 def bind(reactor: IReactorCore, description: str) -> BoundSocket:
     """
     Bind C{description} (any stream server endpoint: tcp, tcp6, unix,
     systemd) and stop reading from it: workers accept, the supervisor only
-    holds it.
+    holds it. Every worker accepts from this one socket.
 
     @raise ListenError: naming the endpoint, when it cannot be bound.
     """
@@ -86,6 +112,46 @@ def bind(reactor: IReactorCore, description: str) -> BoundSocket:
     port = ports[0]
     port.stopReading()  # type: ignore[attr-defined]
     return BoundSocket(port, port.fileno(), int(port.addressFamily))  # type: ignore[attr-defined]
+
+
+def _reuseport_socket(
+    family: int, address: tuple[str, int], backlog: int = 1024
+) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        s.bind(address)
+        s.listen(backlog)
+    except OSError:
+        s.close()
+        raise
+    s.setblocking(False)
+    return s
+
+
+def bind_reuseport(reactor: IReactorCore, description: str) -> BoundSocket:
+    """
+    L{bind}, but a C{tcp:}/C{tcp6:} listener gets one C{SO_REUSEPORT} socket
+    per worker, so the kernel hashes connections over them. Kept as the
+    other side of the measurement in C{bench/workers.py} (set
+    C{TLSGATE_REUSEPORT=1}); the shared socket is what runs, because it
+    spread as evenly and a dead worker's C{SO_REUSEPORT} socket would hold
+    the connections hashed to it until the worker is replaced.
+    """
+    endpoint = serverFromString(reactor, description)
+    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        return bind(reactor, description)
+    family = (
+        socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
+    )
+    try:
+        first = _reuseport_socket(
+            family, (endpoint._interface or "", endpoint._port), endpoint._backlog
+        )
+    except OSError as e:
+        raise ListenError(f"cannot listen on {description}: {e.strerror}") from None
+    return BoundSocket(None, first.fileno(), family, [first])
 
 
 Binder = Callable[[IReactorCore, str], BoundSocket]
@@ -222,12 +288,21 @@ class SupervisorService(MultiService):
         self.generation += 1
         self.config = config
         sockets: dict[str, tuple[int, int]] = {}
+        per_slot: dict[str, list[int]] = {}
         fds: dict[int, int] = {}
-        for number, lc in enumerate(config.listeners, FIRST_LISTEN_FD):
+        numbers = itertools.count(FIRST_LISTEN_FD)
+        for lc in config.listeners:
             bound = self.sockets[lc.listen]
+            number = next(numbers)
             sockets[lc.name] = (number, bound.family)
             fds[number] = bound.fd
-        setup = ForkServerSetup(config, sockets, self.generation)
+            if bound.fd_for(1) != bound.fd:
+                per_slot[lc.name] = []
+                for slot in range(config.workers):
+                    number = next(numbers)
+                    fds[number] = bound.fd_for(slot)
+                    per_slot[lc.name].append(number)
+        setup = ForkServerSetup(config, sockets, self.generation, per_slot)
         old = [g for g in self.forkservers if g != self.generation]
         server = self._launcher.start(setup, fds)
         generation = self.generation
@@ -369,7 +444,7 @@ class SupervisorService(MultiService):
         for server in self.forkservers.values():
             server.retire()
         for bound in self.sockets.values():
-            bound.port.stopListening()
+            bound.close()
         self.sockets.clear()
         if not self.workers:
             return succeed(None)
@@ -403,7 +478,7 @@ class SupervisorService(MultiService):
                 fresh[listen] = self._bind(self.reactor, listen)
         except ListenError:
             for bound in fresh.values():
-                bound.port.stopListening()
+                bound.close()
             raise
         self.sockets.update(fresh)
         changes = [f"bound {listen}" for listen in sorted(fresh)]
@@ -411,7 +486,7 @@ class SupervisorService(MultiService):
             self._on_serving.setdefault(self.generation + 1, []).append(on_serving)
         self._start_generation(config, "new config")
         for listen in set(self.sockets) - wanted:
-            self.sockets.pop(listen).port.stopListening()
+            self.sockets.pop(listen).close()
             changes.append(f"released {listen}")
         changes.append(
             f"new workers (generation {self.generation}) serve it; the old ones"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tlsgate.config import GatewayConfig
@@ -47,6 +47,14 @@ class ForkServerSetup:
     config: GatewayConfig
     sockets: dict[str, tuple[int, int]]
     generation: int
+    #: With SO_REUSEPORT (an experiment): per listener, one descriptor per slot.
+    per_slot: dict[str, list[int]] = field(default_factory=dict)
+
+    def descriptors(self) -> list[int]:
+        """Every listening descriptor inherited."""
+        return [fd for fd, _ in self.sockets.values()] + [
+            fd for fds in self.per_slot.values() for fd in fds
+        ]
 
 
 def pack_setup(setup: ForkServerSetup) -> bytes:

@@ -225,6 +225,8 @@ def serve(
 
     def endpoint_for(lc: ListenerConfig, r: IReactorCore) -> IStreamServerEndpoint:
         fd, family = setup.sockets[lc.name]
+        if lc.name in setup.per_slot:
+            fd = setup.per_slot[lc.name][slot]
         return AdoptedEndpoint(r, fd, family)  # type: ignore[arg-type]
 
     gateway = build_service(
@@ -234,7 +236,7 @@ def serve(
     assert isinstance(gateway, GatewayService)
     gateway.privilegedStartService()
     gateway.startService()
-    for fd, _family in setup.sockets.values():
+    for fd in setup.descriptors():
         os.close(fd)  # adopted ports hold their own duplicates
     worker = Worker(slot, gateway, reactor)
 
