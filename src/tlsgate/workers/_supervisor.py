@@ -197,6 +197,9 @@ class WorkerControl(LineReceiver):
             _log.error("{worker}: garbled control line", worker=self.handle.describe())
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        if "log" in message:
+            publish_worker_log(self.handle, message["log"])
+            return
         if "hello" in message:
             self.supervisor.worker_ready(self.handle, message["hello"])
             return
@@ -228,6 +231,31 @@ class WorkerControl(LineReceiver):
             d.errback(ConnectionError("worker ended"))
         self.handle.control = None
         self.supervisor.worker_lost(self.handle)
+
+
+def publish_worker_log(handle: WorkerHandle, record: dict[str, Any]) -> None:
+    """Log a worker's event here, as if it had happened in this process."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from tlsgate.logs import STABLE_KEYS
+
+    try:
+        level = LogLevel.levelWithName(str(record.get("level", "info")))
+    except Exception:
+        level = LogLevel.info
+    event: dict[str, Any] = {
+        "log_time": float(record.get("time", 0.0)),
+        "log_level": level,
+        "log_namespace": str(record.get("namespace", "")),
+        "log_system": f"worker {handle.slot}",
+        "log_format": "{log_text}",
+        "log_text": str(record.get("text", "")),
+        "worker": handle.slot,
+    }
+    for key in ("event", *STABLE_KEYS):
+        if key in record:
+            event[key] = record[key]
+    globalLogPublisher(event)
 
 
 class SupervisorService(MultiService):

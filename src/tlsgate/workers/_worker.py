@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -26,10 +27,11 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorCore,
     IReactorSocket,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -86,6 +88,7 @@ class WorkerControl(LineReceiver):
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.on_lost: Callable[[], object] | None = None
 
     def connectionMade(self) -> None:
         self.worker.control = self
@@ -98,7 +101,11 @@ class WorkerControl(LineReceiver):
             self.sendLine(encode({"id": message.get("id"), **reply})[:-1])
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.transport = None
         self.worker.stop("the supervisor went away")
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
 
 class Worker:
@@ -169,36 +176,92 @@ class Worker:
         _log.info("worker {slot}: draining: {why}", slot=self.slot, why=why,
                   event="worker_draining")  # fmt: skip
         d = self.gateway.stopService()
-        d.addBoth(lambda _: self.reactor.stop())
+        d.addBoth(lambda _: self._exit())
+
+    def _exit(self) -> None:
+        """
+        Close the control socket first, so that the log lines still buffered
+        for the supervisor are written, then stop the reactor.
+        """
+        control = self.control
+        if control is None or control.transport is None:
+            self.reactor.stop()
+            return
+        control.on_lost = self.reactor.stop
+        clock: IReactorTime = self.reactor  # type: ignore[assignment]
+        clock.callLater(5, lambda: control.on_lost and control.on_lost())
+        control.transport.loseConnection()
 
 
-def _begin_logging(slot: int, json_lines: bool) -> None:
-    from twisted.logger import (
-        ILogObserver,
-        LogEvent,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+class LogForwarder:
+    """
+    A worker's log observer: each event goes to the supervisor, which logs
+    it where and how twistd was told to (C{--logfile}, C{log_format}), so
+    there is one log for the gateway. Before the control socket is up, and
+    after it is gone, events go to the inherited standard output instead.
+    """
+
+    def __init__(self, slot: int, fallback: ILogObserver) -> None:
+        self.slot = slot
+        self.fallback = fallback
+        self.control: WorkerControl | None = None
+        self._busy = False
+
+    def __call__(self, event: LogEvent) -> None:
+        event.setdefault("log_system", f"worker {self.slot}")
+        control = self.control
+        if control is None or control.transport is None or self._busy:
+            self.fallback(event)
+            return
+        self._busy = True
+        try:
+            control.sendLine(encode({"log": log_record(event)})[:-1])
+        finally:
+            self._busy = False
+
+
+def log_record(event: LogEvent) -> dict[str, Any]:
+    """One log event as plain values, for the supervisor to log again."""
+    from tlsgate.logs import STABLE_KEYS
+
+    level = event.get("log_level")
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text += "\n" + failure.getTraceback()
+    record: dict[str, Any] = {
+        "time": event.get("log_time", 0.0),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace", ""),
+        "text": text,
+    }
+    for key in ("event", *STABLE_KEYS):
+        if key in event:
+            value = event[key]
+            ok = isinstance(value, str | int | float | bool) or value is None
+            record[key] = value if ok else str(value)
+    return record
+
+
+def _begin_logging(slot: int, json_lines: bool) -> LogForwarder:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from tlsgate import logs
 
-    observer = (
+    fallback = (
         logs.json_observer(sys.stdout)
         if json_lines
         else textFileLogObserver(sys.stdout)
     )
-
-    @implementer(ILogObserver)
-    def tagged(event: LogEvent) -> None:
-        event.setdefault("log_system", f"worker {slot}")
-        event.setdefault("worker", slot)
-        observer(event)
-
+    forwarder = LogForwarder(slot, fallback)
     # The buffer holds what the fork server logged before forking (the
     # supervisor has said it already): not repeated once per worker.
     globalLogBeginner.beginLoggingTo(
-        [tagged], discardBuffer=True, redirectStandardIO=False
+        [implementer(ILogObserver)(forwarder)],
+        discardBuffer=True,
+        redirectStandardIO=False,
     )
+    return forwarder
 
 
 def serve(
@@ -221,7 +284,7 @@ def serve(
 
     from tlsgate.service import build_service
 
-    _begin_logging(slot, setup.config.log_format == "json")
+    forwarder = _begin_logging(slot, setup.config.log_format == "json")
 
     def endpoint_for(lc: ListenerConfig, r: IReactorCore) -> IStreamServerEndpoint:
         fd, family = setup.sockets[lc.name]
@@ -249,7 +312,13 @@ def serve(
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's job
 
     reactor.callWhenRunning(install)
-    factory = Factory.forProtocol(lambda: WorkerControl(worker))
+
+    def control() -> WorkerControl:
+        protocol = WorkerControl(worker)
+        forwarder.control = protocol
+        return protocol
+
+    factory = Factory.forProtocol(control)
     reactor.adoptStreamConnection(control_fd, socket.AF_UNIX, factory)  # type: ignore[attr-defined]
     os.close(control_fd)
     _log.info("worker {slot} (pid {pid}) serving", slot=slot, pid=os.getpid(),
