@@ -408,6 +408,15 @@ class ConnectionTracker:
             self._draining = True
             if self.connections and timeout:
                 self._drain_call = self.clock.callLater(timeout, self._drain_expired)
+        elif self.connections and timeout:
+            # Draining already, with a longer limit (a worker retired by a
+            # new generation, then told to stop): the shorter limit wins.
+            call = self._drain_call
+            due = self.clock.seconds() + timeout
+            if call is None or (call.active() and call.getTime() > due):
+                if call is not None:
+                    call.cancel()
+                self._drain_call = self.clock.callLater(timeout, self._drain_expired)
             self._log.info(
                 "{listener}: draining {count} connections (up to {timeout}s)",
                 listener=self.name,

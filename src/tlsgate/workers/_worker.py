@@ -45,6 +45,12 @@ from tlsgate.workers._wire import MAX_LINE, ForkServerSetup, decode, encode
 
 _log = Logger()
 
+#: How long the connections of a worker replaced by a new generation (a
+#: config change, the daily ticket key rotation) may go on: as long as they
+#: last, up to one rotation period, so at most two generations overlap.
+#: SIGTERM cuts it to drain_timeout.
+RETIRED_LIMIT = 24 * 3600.0
+
 
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
@@ -118,6 +124,7 @@ class Worker:
         self.gateway = gateway
         self.reactor = reactor
         self.stopping = False
+        self.retiring = False
         self.control: WorkerControl | None = None
 
     def hello(self) -> dict[str, Any]:
@@ -164,12 +171,27 @@ class Worker:
         def say(_: object) -> None:
             if self.control is not None:
                 self.control.sendLine(encode({"id": ident, "accepting": False})[:-1])
-            self.stop("replaced by a new generation")
+            if self.stopping:
+                return
+            self.stopping = self.retiring = True
+            _log.info("worker {slot}: replaced by a new generation; its {count}"
+                      " connections may go on for up to {limit:g}s",
+                      slot=self.slot, limit=RETIRED_LIMIT, event="worker_retired",
+                      count=sum(len(lsn.tracker.connections)
+                                for lsn in self.gateway.listeners.values()))  # fmt: skip
+            self.gateway.drain(RETIRED_LIMIT).addBoth(lambda _: self._exit())
 
         DeferredList(stopped).addCallback(say)
 
     def stop(self, why: str) -> None:
-        """Drain (stop accepting, let connections finish), then exit."""
+        """
+        Drain (stop accepting, let connections finish for C{drain_timeout}),
+        then exit. A retired worker's longer wait is cut to C{drain_timeout}.
+        """
+        if self.retiring:
+            self.retiring = False
+            self.gateway.drain()  # the shorter of the two limits wins
+            return
         if self.stopping:
             return
         self.stopping = True
