@@ -28,6 +28,7 @@ from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import BackendPool
+from tlsgate.sni import SniDirectory
 from tlsgate.tracker import ConnectionTracker
 
 
@@ -133,6 +134,14 @@ class ListenerService(Service):
 
 
 @dataclass(frozen=True)
+class Certificates:
+    """A listener's certificates: its reloading factory and its SNI directory."""
+
+    contexts: ReloadingContextFactory
+    sni: SniDirectory | None = None
+
+
+@dataclass(frozen=True)
 class Listener:
     """The live parts of one listener, for embedding code and status pages."""
 
@@ -142,6 +151,8 @@ class Listener:
     tracker: ConnectionTracker
     service: ListenerService
     expiry: ExpiryWarnings
+    #: The SNI directory the listener's servername callback consults.
+    sni: SniDirectory | None = None
 
 
 class GatewayService(MultiService):

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from tlsgate._gateway import GatewayService, Listener, ListenerService
+from tlsgate._gateway import Certificates, GatewayService, Listener, ListenerService
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
@@ -38,11 +38,13 @@ if TYPE_CHECKING:
     from tlsgate.admin import IGatewayView
 
 __all__ = [
+    "Certificates",
     "EndpointFor",
     "GatewayService",
     "Listener",
     "ListenerService",
     "build_admin",
+    "build_certificates",
     "build_contexts",
     "build_listener",
     "build_pool",
@@ -106,6 +108,16 @@ def build_contexts(
     config: ListenerConfig, first_generation: int = 1
 ) -> ReloadingContextFactory:
     """The listener's reloading context factory, with client auth and OCSP."""
+    return build_certificates(config, first_generation).contexts
+
+
+def build_certificates(
+    config: ListenerConfig, first_generation: int = 1
+) -> Certificates:
+    """
+    The listener's reloading context factory (with client auth and OCSP) and
+    its SNI directory, which the factory's servername callback consults.
+    """
     client_auth = None
     if config.client_ca is not None and config.client_auth != "none":
         client_auth = ClientAuth(
@@ -139,30 +151,30 @@ def build_contexts(
         first_generation=first_generation, client_auth=client_auth, ocsp=ocsp,
         on_context=on_context,
     )  # fmt: skip
-    contexts.sni = sni
-    return contexts
+    return Certificates(contexts, sni)
 
 
 def build_listener(
     config: ListenerConfig,
     reactor: IReactorCore,
     *,
-    contexts: ReloadingContextFactory | None = None,
+    certificates: Certificates | None = None,
     endpoint_for: EndpointFor = _listen_endpoint,
     shared: ListenerCounts | None = None,
 ) -> Listener:
     """
     Build one listener's parts.
 
-    @param contexts: its context factory, when already built (a worker
-        process inherits the one its fork server made).
+    @param certificates: its context factory and SNI directory, when
+        already built (a worker inherits the ones its fork server made).
     @param endpoint_for: makes the listening endpoint.
     @param shared: connection counts over every worker process, for caps
         that hold gateway-wide.
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
     """
-    if contexts is None:
-        contexts = build_contexts(config)
+    if certificates is None:
+        certificates = build_certificates(config)
+    contexts = certificates.contexts
     clock: IReactorTime = reactor  # type: ignore[assignment]
     pool = build_pool(config, reactor)
     tracker = ConnectionTracker(
@@ -180,14 +192,14 @@ def build_listener(
     )
     service.setName(f"listener:{config.name}")
     expiry = ExpiryWarnings(contexts, clock)
-    return Listener(config, contexts, pool, tracker, service, expiry)
+    return Listener(config, contexts, pool, tracker, service, expiry, certificates.sni)
 
 
 def build_service(
     config: GatewayConfig,
     reactor: IReactorCore | None = None,
     *,
-    contexts: dict[str, ReloadingContextFactory] | None = None,
+    certificates: Mapping[str, Certificates] | None = None,
     endpoint_for: EndpointFor = _listen_endpoint,
     admin: bool = True,
     shared: Mapping[str, ListenerCounts] | None = None,
@@ -197,7 +209,8 @@ def build_service(
 
     @param reactor: the reactor to listen and connect with (the global one by
         default).
-    @param contexts: context factories already built, by listener name.
+    @param certificates: context factories and SNI directories already
+        built, by listener name.
     @param endpoint_for: makes each listener's endpoint.
     @param shared: per listener name, counts over every worker process.
     @param admin: serve the admin endpoint if configured (a worker process
@@ -208,12 +221,12 @@ def build_service(
 
         reactor = global_reactor
     assert reactor is not None
-    built = contexts or {}
+    built = certificates or {}
     listeners = {
         lc.name: build_listener(
             lc,
             reactor,
-            contexts=built.get(lc.name),
+            certificates=built.get(lc.name),
             endpoint_for=endpoint_for,
             shared=(shared or {}).get(lc.name),
         )

@@ -258,3 +258,18 @@ def test_worker_control_is_a_line_protocol() -> None:
     transport = launcher.servers[0].workers[0][2]
     control.dataReceived(b"[1, 2]\n")
     assert transport.disconnecting
+
+
+def test_a_new_generation_cancels_pending_replacements() -> None:
+    """A slot waiting out its back-off is filled by the new generation, not twice."""
+    s, launcher, clock = _supervisor()
+    (server,) = launcher.servers
+    for i, (_, control, _) in enumerate(server.workers):
+        _hello(control, 100 + i)
+    _lose(server.workers[0][1])
+    clock.advance(0)
+    _lose(server.workers[2][1])  # dies again: replaced in 1 s
+    s.rotate()
+    clock.advance(5)
+    assert len(launcher.servers[1].workers) == 2
+    assert len(server.workers) == 3

@@ -33,7 +33,7 @@ def certificate_status(listener: Listener) -> dict[str, Any]:
 
 
 def _sni_status(listener: Listener) -> list[dict[str, Any]]:
-    sni = listener.contexts.sni
+    sni = listener.sni
     if sni is None:
         return []
     out = []

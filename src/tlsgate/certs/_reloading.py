@@ -18,7 +18,6 @@ import stat as statmodule
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -44,9 +43,6 @@ from tlsgate.certs._stamps import (
     stamp_of,
 )
 from tlsgate.errors import CertificateError
-
-if TYPE_CHECKING:
-    from tlsgate.sni import SniDirectory
 
 
 @dataclass(frozen=True)
@@ -130,8 +126,6 @@ class ReloadingContextFactory:
         #: The context new connections are created from when sessions are
         #: shared between worker processes (see L{share_sessions}).
         self._session_context: SSL.Context | None = None
-        #: The listener's SNI directory, when it has one (for status pages).
-        self.sni: SniDirectory | None = None
         self._verify = make_verify(client_auth, name) if client_auth else None
         self._paths: tuple[str, ...] = (
             (self.cert_path,)

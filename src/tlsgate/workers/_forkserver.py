@@ -79,18 +79,20 @@ def main() -> int:
     json_lines = setup.config.log_format == "json"
 
     from tlsgate.errors import TlsgateError
-    from tlsgate.service import build_contexts
+    from tlsgate.service import build_certificates
 
     try:
-        contexts = {lc.name: build_contexts(lc) for lc in setup.config.listeners}
+        certificates = {
+            lc.name: build_certificates(lc) for lc in setup.config.listeners
+        }
     except TlsgateError as e:
         _say(f"cannot start: {e}", "forkserver_failed", json_lines, "error")
         return 2
-    for factory in contexts.values():
-        factory.share_sessions()
+    for built in certificates.values():
+        built.contexts.share_sessions()
     from tlsgate.tracker import SharedCounts
 
-    counts = SharedCounts(list(contexts), setup.config.workers)
+    counts = SharedCounts(list(certificates), setup.config.workers)
 
     children: set[int] = set()
     while True:
@@ -110,7 +112,7 @@ def main() -> int:
                 control.close()
                 from tlsgate.workers._worker import serve
 
-                serve(int(request["slot"]), fds[0], setup, contexts, counts)
+                serve(int(request["slot"]), fds[0], setup, certificates, counts)
                 code = 0
             except BaseException:
                 traceback.print_exc()

@@ -313,6 +313,10 @@ class SupervisorService(MultiService):
 
     def _start_generation(self, config: GatewayConfig, why: str) -> None:
         """A new fork server (so new ticket keys) and a full set of workers."""
+        for call in self._respawns.values():  # the new generation fills every slot
+            if call.active():
+                call.cancel()
+        self._respawns.clear()
         self.generation += 1
         self.config = config
         sockets: dict[str, tuple[int, int]] = {}

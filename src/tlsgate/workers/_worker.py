@@ -36,8 +36,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsgate._gateway import GatewayService
-from tlsgate.certs import ReloadingContextFactory
+from tlsgate._gateway import Certificates, GatewayService
 from tlsgate.config import ListenerConfig
 from tlsgate.tracker import SharedCounts
 from tlsgate.workers._process import die_with_parent
@@ -290,7 +289,7 @@ def serve(
     slot: int,
     control_fd: int,
     setup: ForkServerSetup,
-    contexts: dict[str, ReloadingContextFactory],
+    certificates: dict[str, Certificates],
     counts: SharedCounts,
 ) -> None:
     """Run worker C{slot} until it has drained (called in the forked child)."""
@@ -315,8 +314,8 @@ def serve(
         return AdoptedEndpoint(r, fd, family)  # type: ignore[arg-type]
 
     gateway = build_service(
-        setup.config, reactor, contexts=contexts, endpoint_for=endpoint_for,
-        admin=False, shared={n: counts.for_worker(n, slot) for n in contexts},
+        setup.config, reactor, certificates=certificates, endpoint_for=endpoint_for,
+        admin=False, shared={n: counts.for_worker(n, slot) for n in certificates},
     )  # fmt: skip
     assert isinstance(gateway, GatewayService)
     gateway.privilegedStartService()
