@@ -273,3 +273,16 @@ def test_a_new_generation_cancels_pending_replacements() -> None:
     clock.advance(5)
     assert len(launcher.servers[1].workers) == 2
     assert len(server.workers) == 3
+
+
+def test_ticket_keys_are_replaced_daily_by_a_new_generation() -> None:
+    reactor = MemoryReactorClock()
+    launcher = FakeLauncher()
+    s = SupervisorService(_config(2), reactor, launcher, binder=_binder)
+    s.startService()
+    reactor.advance(24 * 3600 - 1)
+    assert len(launcher.servers) == 1
+    reactor.advance(1)
+    assert len(launcher.servers) == 2 and launcher.servers[0].retired
+    reactor.advance(24 * 3600)
+    assert len(launcher.servers) == 3
