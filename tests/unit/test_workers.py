@@ -7,6 +7,7 @@ MemoryReactorClock, workers as StringTransports).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -26,7 +27,8 @@ from tlsgate.workers import (
     merge_metrics,
     merge_status,
 )
-from tlsgate.workers._supervisor import BoundSocket, WorkerControl
+from tlsgate.workers._control import WorkerControl
+from tlsgate.workers._sockets import BoundSocket
 from tlsgate.workers._wire import ForkServerSetup
 
 
@@ -286,3 +288,23 @@ def test_ticket_keys_are_replaced_daily_by_a_new_generation() -> None:
     assert len(launcher.servers) == 2 and launcher.servers[0].retired
     reactor.advance(24 * 3600)
     assert len(launcher.servers) == 3
+
+
+def test_reuseport_sockets_share_one_address() -> None:
+    """The SO_REUSEPORT alternative: one socket per slot, all on one address."""
+    import socket
+
+    from tlsgate.workers._sockets import _reuseport_socket
+
+    first = _reuseport_socket(socket.AF_INET, ("127.0.0.1", 0))
+    bound = BoundSocket(None, first.fileno(), socket.AF_INET, [first])
+    try:
+        fds = {bound.fd_for(slot) for slot in range(3)}
+        assert len(fds) == 3
+        names = set()
+        for fd in fds:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                names.add(s.getsockname())
+        assert names == {first.getsockname()}
+    finally:
+        bound.close()

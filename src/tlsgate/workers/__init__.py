@@ -9,9 +9,10 @@ docs/workers.md.
 """
 
 from tlsgate.workers._build import build_supervisor, reload_supervisor
+from tlsgate.workers._control import WorkerHandle
 from tlsgate.workers._decisions import Backoff, merge_metrics, merge_status
 from tlsgate.workers._launcher import IForkServer, ILauncher, ProcessLauncher
-from tlsgate.workers._supervisor import SupervisorService, WorkerHandle
+from tlsgate.workers._supervisor import SupervisorService
 from tlsgate.workers._view import SupervisorView
 
 __all__ = [

@@ -6,6 +6,8 @@ L{tlsgate.tap.reload_config}.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
@@ -13,6 +15,7 @@ from twisted.logger import Logger
 from tlsgate.config import GatewayConfig, load_config
 from tlsgate.errors import ConfigErrors, TlsgateError
 from tlsgate.workers._launcher import ILauncher, ProcessLauncher
+from tlsgate.workers._sockets import bind, bind_reuseport
 from tlsgate.workers._supervisor import SupervisorService
 
 _log = Logger()
@@ -44,10 +47,14 @@ def build_supervisor(
     @raise tlsgate.errors.TlsgateError: when a certificate cannot be served.
     """
     check_certificates(config, reactor)
+    binder = bind
+    if os.environ.get("TLSGATE_REUSEPORT") == "1":  # bench/workers.py's experiment
+        binder = bind_reuseport
     supervisor = SupervisorService(
         config,
         reactor,
         launcher or ProcessLauncher(reactor),  # type: ignore[arg-type]
+        binder=binder,
     )
     if config.admin:
         from tlsgate.service import build_admin

@@ -13,249 +13,29 @@ once every new one serves, so the gateway never stops accepting.
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import (
-    Deferred,
-    DeferredList,
-    ensureDeferred,
-    succeed,
-)
-from twisted.internet.endpoints import (
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    serverFromString,
-)
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IListeningPort,
-    IReactorCore,
-    IReactorTime,
-)
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
 
 from tlsgate.config import GatewayConfig
 from tlsgate.errors import ListenError
+from tlsgate.workers._control import WorkerControl, WorkerHandle
 from tlsgate.workers._decisions import Backoff, SampleKey
 from tlsgate.workers._launcher import IForkServer, ILauncher
-from tlsgate.workers._wire import MAX_LINE, ForkServerSetup, decode, encode
+from tlsgate.workers._sockets import Binder, BoundSocket, bind
+from tlsgate.workers._wire import ForkServerSetup
 
 _log = Logger()
 
 #: Ticket keys live in the fork server's contexts; a new generation of
 #: workers (new fork server, new keys) is started this often.
 TICKET_KEY_LIFETIME = 24 * 3600.0
-#: How long a worker may take to answer a status, metrics or reload request.
-REQUEST_TIMEOUT = 5.0
 #: Descriptor numbers the fork server inherits listening sockets at.
 FIRST_LISTEN_FD = 4
-
-
-@dataclass
-class BoundSocket:
-    """
-    A listening socket bound by the supervisor (which never accepts on it).
-
-    With C{SO_REUSEPORT} (L{bind_reuseport}), each worker slot gets its own
-    socket bound to the same address instead, made on demand.
-    """
-
-    port: IListeningPort | None
-    fd: int
-    family: int
-    _slots: list[socket.socket] = field(default_factory=list)
-
-    def fd_for(self, slot: int) -> int:
-        """The descriptor worker C{slot} accepts on."""
-        if not self._slots:
-            return self.fd
-        first = self._slots[0]
-        while len(self._slots) <= slot:
-            self._slots.append(_reuseport_socket(self.family, first.getsockname()[:2]))
-        return self._slots[slot].fileno()
-
-    def close(self) -> None:
-        if self.port is not None:
-            self.port.stopListening()
-        for s in self._slots:
-            s.close()
-
-
-def bind(reactor: IReactorCore, description: str) -> BoundSocket:
-    """
-    Bind C{description} (any stream server endpoint: tcp, tcp6, unix,
-    systemd) and stop reading from it: workers accept, the supervisor only
-    holds it. Every worker accepts from this one socket.
-
-    @raise ListenError: naming the endpoint, when it cannot be bound.
-    """
-    failures: list[Failure] = []
-    ports: list[IListeningPort] = []
-    try:
-        endpoint = serverFromString(reactor, description)
-        endpoint.listen(Factory.forProtocol(Protocol)).addCallbacks(
-            ports.append, failures.append
-        )
-    except (IndexError, KeyError, ValueError, OSError) as e:
-        # e.g. a systemd: index that socket activation did not pass
-        raise ListenError(f"cannot listen on {description}: {e!r}") from None
-    if failures or not ports:
-        why = failures[0].getErrorMessage() if failures else "no port"
-        raise ListenError(f"cannot listen on {description}: {why}")
-    port = ports[0]
-    port.stopReading()  # type: ignore[attr-defined]
-    return BoundSocket(port, port.fileno(), int(port.addressFamily))  # type: ignore[attr-defined]
-
-
-def _reuseport_socket(
-    family: int, address: tuple[str, int], backlog: int = 1024
-) -> socket.socket:
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        s.bind(address)
-        s.listen(backlog)
-    except OSError:
-        s.close()
-        raise
-    s.setblocking(False)
-    return s
-
-
-def bind_reuseport(reactor: IReactorCore, description: str) -> BoundSocket:
-    """
-    L{bind}, but a C{tcp:}/C{tcp6:} listener gets one C{SO_REUSEPORT} socket
-    per worker, so the kernel hashes connections over them. Kept as the
-    other side of the measurement in C{bench/workers.py} (set
-    C{TLSGATE_REUSEPORT=1}); the shared socket is what runs, because it
-    spread as evenly and a dead worker's C{SO_REUSEPORT} socket would hold
-    the connections hashed to it until the worker is replaced.
-    """
-    endpoint = serverFromString(reactor, description)
-    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        return bind(reactor, description)
-    family = (
-        socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
-    )
-    try:
-        first = _reuseport_socket(
-            family, (endpoint._interface or "", endpoint._port), endpoint._backlog
-        )
-    except OSError as e:
-        raise ListenError(f"cannot listen on {description}: {e.strerror}") from None
-    return BoundSocket(None, first.fileno(), family, [first])
-
-
-Binder = Callable[[IReactorCore, str], BoundSocket]
-
-
-@dataclass
-class WorkerHandle:
-    """What the supervisor knows of one worker process."""
-
-    slot: int
-    generation: int
-    started: float
-    state: str = "starting"  # starting | serving | draining
-    pid: int | None = None
-    control: WorkerControl | None = None
-    counters: dict[SampleKey, float] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return (
-            f"worker {self.slot} (pid {self.pid or '?'}, generation {self.generation})"
-        )
-
-
-class WorkerControl(LineReceiver):
-    """The supervisor's end of one worker's control socket."""
-
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
-
-    def __init__(self, supervisor: SupervisorService, handle: WorkerHandle) -> None:
-        self.supervisor = supervisor
-        self.handle = handle
-        self._ids = itertools.count(1)
-        self._pending: dict[int, Deferred[dict[str, Any]]] = {}
-
-    def connectionMade(self) -> None:
-        self.handle.control = self
-
-    def lineReceived(self, line: bytes) -> None:
-        try:
-            message = decode(line)
-        except ValueError:
-            _log.error("{worker}: garbled control line", worker=self.handle.describe())
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        if "log" in message:
-            publish_worker_log(self.handle, message["log"])
-            return
-        if "hello" in message:
-            self.supervisor.worker_ready(self.handle, message["hello"])
-            return
-        pending = self._pending.pop(message.get("id", -1), None)
-        if pending is not None:
-            pending.callback(message)
-
-    def request(self, command: str) -> Deferred[dict[str, Any]]:
-        """Ask the worker; fires with its answer, or fails after L{REQUEST_TIMEOUT}."""
-        ident = next(self._ids)
-        d: Deferred[dict[str, Any]] = Deferred()
-        self._pending[ident] = d
-        self.sendLine(encode({"id": ident, "cmd": command})[:-1])
-        clock: IReactorTime = self.supervisor.reactor  # type: ignore[assignment]
-        d.addTimeout(REQUEST_TIMEOUT, clock)
-
-        def forget(result: object) -> object:
-            self._pending.pop(ident, None)
-            return result
-
-        return d.addBoth(forget)
-
-    def tell(self, command: str) -> None:
-        self.sendLine(encode({"cmd": command})[:-1])
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(ConnectionError("worker ended"))
-        self.handle.control = None
-        self.supervisor.worker_lost(self.handle)
-
-
-def publish_worker_log(handle: WorkerHandle, record: dict[str, Any]) -> None:
-    """Log a worker's event here, as if it had happened in this process."""
-    from twisted.logger import LogLevel, globalLogPublisher
-
-    from tlsgate.logs import STABLE_KEYS
-
-    try:
-        level = LogLevel.levelWithName(str(record.get("level", "info")))
-    except Exception:
-        level = LogLevel.info
-    event: dict[str, Any] = {
-        "log_time": float(record.get("time", 0.0)),
-        "log_level": level,
-        "log_namespace": str(record.get("namespace", "")),
-        "log_system": f"worker {handle.slot}",
-        "log_format": "{log_text}",
-        "log_text": str(record.get("text", "")),
-        "worker": handle.slot,
-    }
-    for key in ("event", *STABLE_KEYS):
-        if key in record:
-            event[key] = record[key]
-    globalLogPublisher(event)
 
 
 class SupervisorService(MultiService):

@@ -13,8 +13,9 @@ from zope.interface import implementer
 
 from tlsgate._version import __version__
 from tlsgate.admin import IGatewayView
+from tlsgate.workers._control import WorkerHandle
 from tlsgate.workers._decisions import counter_samples, merge_metrics, merge_status
-from tlsgate.workers._supervisor import SupervisorService, WorkerHandle
+from tlsgate.workers._supervisor import SupervisorService
 
 
 @implementer(IGatewayView)
