@@ -308,3 +308,13 @@ def test_reuseport_sockets_share_one_address() -> None:
         assert names == {first.getsockname()}
     finally:
         bound.close()
+
+
+def test_readiness_needs_every_listener_served_in_every_slot() -> None:
+    s, launcher, _ = _supervisor()
+    (server,) = launcher.servers
+    _hello(server.workers[0][1], 100)
+    server.workers[1][1].dataReceived(  # type: ignore[attr-defined]
+        json.dumps({"hello": {"pid": 101, "listening": []}}).encode() + b"\n"
+    )
+    assert SupervisorView(s).readiness() == "workers not serving: 1"

@@ -37,6 +37,8 @@ class WorkerHandle:
     started: float
     state: str = "starting"  # starting | serving | draining
     pid: int | None = None
+    #: The listeners it said it serves.
+    listening: frozenset[str] = frozenset()
     control: WorkerControl | None = None
     counters: dict[SampleKey, float] = field(default_factory=dict)
 

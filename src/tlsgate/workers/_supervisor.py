@@ -158,6 +158,7 @@ class SupervisorService(MultiService):
 
     def worker_ready(self, handle: WorkerHandle, hello: dict[str, Any]) -> None:
         handle.pid = hello.get("pid")
+        handle.listening = frozenset(hello.get("listening", ()))
         if self.draining or handle.generation != self.generation:
             handle.state = "draining"
             if handle.control is not None:
@@ -307,4 +308,10 @@ class SupervisorService(MultiService):
         return changes
 
     def serving_slots(self) -> set[int]:
-        return {w.slot for w in self.workers if w.state == "serving"}
+        """Slots with a worker that serves every listener of the config."""
+        wanted = {lc.name for lc in self.config.listeners}
+        return {
+            w.slot
+            for w in self.workers
+            if w.state == "serving" and wanted <= w.listening
+        }
