@@ -23,7 +23,19 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.config import ListenerConfig
 from tlsgate.sni import SniDirectory, install_servername_callback
-from tlsgate.tracker import ConnectionTracker, Limits
+from tlsgate.tracker import ConnectionTracker, Limits, ListenerCounts
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """
+    A listener's certificates: its reloading factory and the SNI directory
+    that the factory's servername callback consults (kept beside it, not on
+    it, so that certificates know nothing of SNI).
+    """
+
+    contexts: ReloadingContextFactory
+    sni: SniDirectory | None = None
 
 
 def build_contexts(
@@ -31,6 +43,18 @@ def build_contexts(
 ) -> ReloadingContextFactory:
     """
     The listener's reloading context factory, with client auth, OCSP and SNI.
+
+    @raise tlsgate.errors.CertificateError: when a file cannot be served.
+    """
+    return build_certificates(config, first_generation).contexts
+
+
+def build_certificates(
+    config: ListenerConfig, first_generation: int = 1
+) -> Certificates:
+    """
+    The listener's reloading context factory (with client auth and OCSP) and
+    its SNI directory.
 
     @raise tlsgate.errors.CertificateError: when a file cannot be served.
     """
@@ -67,8 +91,7 @@ def build_contexts(
         first_generation=first_generation, client_auth=client_auth, ocsp=ocsp,
         on_context=on_context,
     )  # fmt: skip
-    contexts.sni = sni
-    return contexts
+    return Certificates(contexts, sni)
 
 
 @dataclass(frozen=True)
@@ -92,11 +115,22 @@ class TLSStack:
         clock: IReactorTime,
         *,
         name: str,
+        shared: ListenerCounts | None = None,
     ) -> TLSStack:
-        """Wrap C{app}: each connection is tagged with the certificate generation
-        it was made under, and C{rotation_grace} closes older ones on a swap."""
+        """
+        Wrap C{app}: each connection is tagged with the certificate generation
+        it was made under, and C{rotation_grace} closes older ones on a swap.
+
+        @param shared: connection counts over every worker process, for caps
+            that hold gateway-wide.
+        """
         tracker = ConnectionTracker(
-            app, limits, clock, name=name, generation=lambda: contexts.generation
+            app,
+            limits,
+            clock,
+            name=name,
+            generation=lambda: contexts.generation,
+            shared=shared,
         )
         contexts.listeners.append(tracker.certificate_changed)
         return cls(

@@ -58,13 +58,17 @@ class StagedDrain:
         self._finish = finish
         self.started = False
         self._done = False
+        self._finishing = False
+        self._timeout = 0.0
         self._waiting: list[Deferred[None]] = []
 
     def start(self, delay: float, timeout: float) -> Deferred[None]:
         """
         Start draining (unless already started) and return a L{Deferred} that
-        fires once no connection is left. C{delay} and C{timeout} are those of
-        the first call; later calls join the run in progress.
+        fires once no connection is left. C{delay} is the first call's; a
+        later call joins the run in progress, and its C{timeout} applies if it
+        is shorter (0 means no limit): a worker retired by a new generation
+        with a long wait is cut to C{drain_timeout} when told to stop.
         """
         waiter: Deferred[None] = Deferred()
         if self._done:
@@ -73,11 +77,17 @@ class StagedDrain:
         self._waiting.append(waiter)
         if not self.started:
             self.started = True
+            self._timeout = timeout
             self._announce()
-            ensureDeferred(self._run(delay, timeout)).addBoth(self._fire)
+            ensureDeferred(self._run(delay)).addBoth(self._fire)
+        elif timeout and (not self._timeout or timeout < self._timeout):
+            self._timeout = timeout
+            if self._finishing:
+                # The finish stage keeps the shorter of two limits.
+                self._finish(timeout)
         return waiter
 
-    async def _run(self, delay: float, timeout: float) -> None:
+    async def _run(self, delay: float) -> None:
         if delay > 0:
             _log.info(
                 "draining: still accepting for {delay:g}s (drain_delay) while"
@@ -89,7 +99,8 @@ class StagedDrain:
         closed = self._close_listeners()
         if closed is not None:
             await closed
-        finished = self._finish(timeout)
+        self._finishing = True
+        finished = self._finish(self._timeout)
         if finished is not None:
             await finished
 

@@ -21,14 +21,14 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import TlsgateError
 from tlsgate.relay import BackendPool, RelayFactory
 
 if TYPE_CHECKING:
-    from tlsgate.service import GatewayService, Listener
+    from tlsgate._assembly import Certificates
+    from tlsgate._gateway import GatewayService, Listener
 
 _log = Logger()
 
@@ -70,14 +70,14 @@ async def reconfigure(
     @raise tlsgate.errors.TlsgateError: before anything changed, when the new
         config cannot be applied (e.g. a new certificate cannot be served).
     """
-    from tlsgate.service import build_contexts, build_listener, build_pool
+    from tlsgate.service import build_certificates, build_listener, build_pool
 
     old = gateway.listeners
     wanted = {lc.name: lc for lc in new.listeners}
 
     # 1. Everything that can fail, with nothing running touched yet.
     fresh: dict[str, Listener] = {}
-    contexts: dict[str, ReloadingContextFactory] = {}
+    contexts: dict[str, Certificates] = {}
     pools: dict[str, BackendPool] = {}
     for name, lc in wanted.items():
         current = old.get(name)
@@ -87,7 +87,7 @@ async def reconfigure(
         if not _same_backends(current.config, lc):
             pools[name] = build_pool(lc, reactor)
         if current.config != lc and not _same_certificates(current.config, lc):
-            contexts[name] = build_contexts(lc, current.contexts.generation + 1)
+            contexts[name] = build_certificates(lc, current.contexts.generation + 1)
 
     # 2. Apply. Ports given up are closed before new ones bind, so a port can
     # move from one listener to another.
@@ -149,7 +149,7 @@ async def reconfigure(
 def _update(
     listener: Listener,
     lc: ListenerConfig,
-    contexts: ReloadingContextFactory | None,
+    contexts: Certificates | None,
     new_pool: BackendPool | None,
     reactor: IReactorCore,
 ) -> Listener:
@@ -164,7 +164,7 @@ def _update(
     if lc.limits != listener.config.limits:
         tracker.set_limits(lc.limits)
     if contexts is not None:
-        new_contexts = contexts
+        new_contexts = contexts.contexts
         new_contexts.listeners.append(tracker.certificate_changed)
         tracker.generation = lambda: new_contexts.generation
         tls = TLSMemoryBIOFactory(new_contexts, False, tracker, clock=clock)
@@ -173,6 +173,11 @@ def _update(
         expiry = ExpiryWarnings(new_contexts, clock)
         expiry.start()
         return replace(
-            listener, config=lc, contexts=new_contexts, pool=pool, expiry=expiry
+            listener,
+            config=lc,
+            contexts=new_contexts,
+            pool=pool,
+            expiry=expiry,
+            sni=contexts.sni,
         )
     return replace(listener, config=lc, pool=pool)

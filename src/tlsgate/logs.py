@@ -22,7 +22,7 @@ from twisted.python.logfile import LogFile
 #: The keys copied from an event when present, in this order.
 STABLE_KEYS = (
     "listener", "peer", "reason", "fingerprint", "generation", "duration", "bytes",
-    "path", "backend", "error",
+    "path", "backend", "error", "worker",
 )  # fmt: skip
 
 

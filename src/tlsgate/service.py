@@ -12,264 +12,54 @@ connections get C{drain_timeout} to finish, the rest are closed gracefully.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
-    IAddress,
-    IListeningPort,
-    IProtocol,
-    IProtocolFactory,
     IReactorCore,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from tlsgate._assembly import TLSStack
-from tlsgate._assembly import build_contexts as build_contexts  # re-exported
-from tlsgate._drain import StagedDrain
-from tlsgate._sdnotify import INotifier, NoNotifier
-from tlsgate.certs import ReloadingContextFactory
+from tlsgate._assembly import (
+    Certificates,
+    TLSStack,
+    build_certificates,
+    build_contexts,
+)
+from tlsgate._gateway import GatewayService, Listener, ListenerService
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import ListenError
 from tlsgate.relay import Backend, BackendPool, RelayFactory
-from tlsgate.tracker import ConnectionTracker
+from tlsgate.tracker import ListenerCounts
 from tlsgate.upstream import BackendTLS, TLSBackendEndpoint
 
+if TYPE_CHECKING:
+    from tlsgate.admin import IGatewayView
 
-@implementer(IProtocolFactory)
-class _SwitchFactory:
-    """
-    The factory a port listens with, delegating to one that can be replaced:
-    a config reload gives new connections new settings on the same socket,
-    while connections already open keep the parts they were made with.
-    """
+__all__ = [
+    "Certificates",
+    "EndpointFor",
+    "GatewayService",
+    "Listener",
+    "ListenerService",
+    "build_admin",
+    "build_certificates",
+    "build_contexts",
+    "build_listener",
+    "build_pool",
+    "build_service",
+    "endpoint_host",
+    "server_endpoint",
+]
 
-    def __init__(self, target: IProtocolFactory) -> None:
-        self.target = target
-
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        return self.target.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self.target.doStart()
-
-    def doStop(self) -> None:
-        self.target.doStop()
-
-
-class ListenerService(Service):
-    """
-    Listens on one endpoint while running, and hands the port to the tracker
-    so that C{max_connections} can pause accepting.
-
-    It binds in C{privilegedStartService}, before twistd drops privileges
-    (C{-u}/C{-g}), so ports below 1024 work as with Twisted's own services. A
-    port that cannot be bound raises L{ListenError} at once, naming the
-    endpoint, rather than logging an unhandled error later.
-    """
-
-    def __init__(
-        self,
-        endpoint: IStreamServerEndpoint,
-        factory: IProtocolFactory,
-        tracker: ConnectionTracker | None = None,
-        description: str | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self._switch = _SwitchFactory(factory)
-        self.tracker = tracker
-        self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
-        self._waiting: list[Deferred[IListeningPort]] = []
-        self.description = description or repr(endpoint)
-
-    @property
-    def listening(self) -> bool:
-        return self.port is not None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        if self._listening is None:
-            self._listen()
-
-    def replace_factory(
-        self, factory: IProtocolFactory, tracker: ConnectionTracker | None
-    ) -> None:
-        """New connections from now on are built by C{factory} (a config reload)."""
-        if self.tracker is not None:
-            self.tracker.port = None
-        self.factory, self._switch.target, self.tracker = factory, factory, tracker
-        if tracker is not None:
-            tracker.port = self.port
-
-    def _listen(self) -> None:
-        d = self.endpoint.listen(self._switch)
-        self._listening = d
-        failures: list[Failure] = []
-        d.addCallbacks(self._listened, failures.append)
-        if failures:
-            raise ListenError(
-                f"cannot listen on {self.description}: {failures[0].getErrorMessage()}"
-            )
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        if self.tracker is not None:
-            self.tracker.port = port
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(port)
-        return port
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        """Fires with the port once it listens (at once if it does)."""
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred[IListeningPort] = Deferred()
-        self._waiting.append(d)
-        return d
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if self.tracker is not None:
-            self.tracker.port = None
-        if port is not None:
-            self._listening = None
-            result = port.stopListening()
-            return result if isinstance(result, Deferred) else None
-        if self._listening is not None:
-            self._listening.cancel()
-        self._listening = None
-        return None
-
-
-@dataclass(frozen=True)
-class Listener:
-    """The live parts of one listener, for embedding code and status pages."""
-
-    config: ListenerConfig
-    contexts: ReloadingContextFactory
-    pool: BackendPool
-    tracker: ConnectionTracker
-    service: ListenerService
-    expiry: ExpiryWarnings
-
-
-class GatewayService(MultiService):
-    """
-    The whole gateway: one child service per listener; stopping drains.
-
-    @ivar notifier: told when the gateway is ready and when it drains (the
-        twistd plugin gives it a systemd notifier under C{NOTIFY_SOCKET}).
-    """
-
-    def __init__(
-        self,
-        config: GatewayConfig,
-        listeners: dict[str, Listener],
-        clock: IReactorTime | None = None,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.listeners = listeners
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
-        assert clock is not None
-        self.clock = clock
-        self.notifier: INotifier = NoNotifier()
-        #: The admin endpoint's service, when configured; it stays up while
-        #: draining so that /readyz can say so.
-        self.admin: ListenerService | None = None
-        #: Listeners replaced or removed by a config reload whose connections
-        #: are still open; drained with the rest, dropped once empty.
-        self.retired: list[Listener] = []
-        self._stop = StagedDrain(
-            clock, self._announce_drain, self._close_listeners, self._finish
-        )
-
-    @property
-    def draining(self) -> bool:
-        """From the start of a drain on (C{/readyz} then answers 503)."""
-        return self._stop.started
-
-    def _trackers(self) -> list[ConnectionTracker]:
-        self.retired = [r for r in self.retired if r.tracker.connections]
-        return [lsn.tracker for lsn in self.listeners.values()] + [
-            r.tracker for r in self.retired
-        ]
-
-    def drain(
-        self, timeout: float | None = None, delay: float | None = None
-    ) -> Deferred[None]:
-        """
-        Drain: readiness turns false at once; listeners keep accepting for
-        C{delay} (default: the config's C{drain_delay}), then stop; open
-        connections get C{timeout} (default: C{drain_timeout}; 0: no limit)
-        and the rest are closed gracefully. Fires once no connection is left.
-        A drain already started is joined, not restarted.
-        """
-        return self._stop.start(
-            self.config.drain_delay if delay is None else delay,
-            self.config.drain_timeout if timeout is None else timeout,
-        )
-
-    def _announce_drain(self) -> None:
-        self.notifier.stopping()
-
-    def _close_listeners(self) -> Awaitable[object]:
-        return DeferredList(
-            [
-                d
-                for listener in self.listeners.values()
-                if (d := listener.service.stopService()) is not None
-            ]
-        )
-
-    def _finish(self, timeout: float) -> Awaitable[object]:
-        return DeferredList([tracker.drain(timeout) for tracker in self._trackers()])
-
-    def startService(self) -> None:
-        super().startService()
-        for listener in self.listeners.values():
-            listener.expiry.start()
-        services = [lsn.service for lsn in self.listeners.values()]
-        if self.admin is not None:
-            services.append(self.admin)
-        DeferredList(
-            [s.when_listening() for s in services], fireOnOneErrback=True
-        ).addCallbacks(lambda _: self._ready(), lambda _: None)
-
-    def _ready(self) -> None:
-        if not self.draining:
-            self.notifier.ready()
-            self.notifier.start_watchdog()
-
-    def stopService(self) -> Deferred[None]:
-        for listener in self.listeners.values():
-            listener.expiry.stop()
-
-        async def stop() -> None:
-            await self.drain()
-            await super(GatewayService, self).stopService()
-            self.notifier.stop_watchdog()
-
-        return ensureDeferred(stop())
+#: How a listener's server endpoint is made: from its C{listen} description
+#: by default; a worker process adopts the socket its supervisor bound.
+EndpointFor = Callable[[ListenerConfig, IReactorCore], IStreamServerEndpoint]
 
 
 def server_endpoint(
@@ -301,8 +91,29 @@ def server_endpoint(
     return endpoint
 
 
-def _where(config: GatewayConfig, section: str, key: str) -> str:
-    return f"{config.source or '<config>'}: [{section}] {key}"
+def _where(config: GatewayConfig | None, section: str, key: str) -> str:
+    source = config.source if config is not None else None
+    return f"{source or '<config>'}: [{section}] {key}"
+
+
+def _listen_endpoint(
+    config: ListenerConfig, reactor: IReactorCore
+) -> IStreamServerEndpoint:
+    return server_endpoint(
+        reactor, config.listen, _where(None, f"listener:{config.name}", "listen")
+    )
+
+
+def _named_in(config: GatewayConfig) -> EndpointFor:
+    """L{_listen_endpoint}, with errors naming C{config}'s file."""
+
+    def endpoint_for(
+        lc: ListenerConfig, reactor: IReactorCore
+    ) -> IStreamServerEndpoint:
+        where = _where(config, f"listener:{lc.name}", "listen")
+        return server_endpoint(reactor, lc.listen, where)
+
+    return endpoint_for
 
 
 def endpoint_host(description: str) -> str | None:
@@ -346,53 +157,78 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
 
 
 def build_listener(
-    config: ListenerConfig, reactor: IReactorCore, where: str | None = None
+    config: ListenerConfig,
+    reactor: IReactorCore,
+    *,
+    certificates: Certificates | None = None,
+    endpoint_for: EndpointFor = _listen_endpoint,
+    shared: ListenerCounts | None = None,
 ) -> Listener:
     """
     Build one listener's parts.
 
-    @param where: how errors name its C{listen} key (file, section, key).
+    @param certificates: its context factory and SNI directory, when
+        already built (a worker inherits the ones its fork server made).
+    @param endpoint_for: makes the listening endpoint.
+    @param shared: connection counts over every worker process, for caps
+        that hold gateway-wide.
     @raise tlsgate.errors.CertificateError: when its certificate cannot be served.
     @raise tlsgate.errors.ListenError: when a C{systemd:} socket is missing.
     """
-    contexts = build_contexts(config)
+    if certificates is None:
+        certificates = build_certificates(config)
+    contexts = certificates.contexts
     clock: IReactorTime = reactor  # type: ignore[assignment]
     pool = build_pool(config, reactor)
     stack = TLSStack.around(
         RelayFactory(pool, proxy_protocol=config.proxy_protocol),
-        contexts, config.limits, clock, name=config.name,
+        contexts, config.limits, clock, name=config.name, shared=shared,
     )  # fmt: skip
     tracker = stack.tracker
     service = ListenerService(
-        server_endpoint(
-            reactor, config.listen, where or f"[listener:{config.name}] listen"
-        ),
-        stack.factory,
-        tracker,
-        config.listen,
+        endpoint_for(config, reactor), stack.factory, tracker, config.listen
     )
     service.setName(f"listener:{config.name}")
     expiry = ExpiryWarnings(contexts, clock)
-    return Listener(config, contexts, pool, tracker, service, expiry)
+    return Listener(config, contexts, pool, tracker, service, expiry, certificates.sni)
 
 
 def build_service(
-    config: GatewayConfig, reactor: IReactorCore | None = None
+    config: GatewayConfig,
+    reactor: IReactorCore | None = None,
+    *,
+    certificates: Mapping[str, Certificates] | None = None,
+    endpoint_for: EndpointFor = _listen_endpoint,
+    admin: bool = True,
+    shared: Mapping[str, ListenerCounts] | None = None,
 ) -> IService:
     """
     The gateway for C{config} as an C{IService}, ready for C{startService}.
 
     @param reactor: the reactor to listen and connect with (the global one by
         default).
+    @param certificates: context factories and SNI directories already
+        built, by listener name.
+    @param endpoint_for: makes each listener's endpoint.
+    @param shared: per listener name, counts over every worker process.
+    @param admin: serve the admin endpoint if configured (a worker process
+        does not: its supervisor serves the one admin endpoint).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     assert reactor is not None
+    built = certificates or {}
+    if endpoint_for is _listen_endpoint:
+        endpoint_for = _named_in(config)
     listeners = {
         lc.name: build_listener(
-            lc, reactor, _where(config, f"listener:{lc.name}", "listen")
+            lc,
+            reactor,
+            certificates=built.get(lc.name),
+            endpoint_for=endpoint_for,
+            shared=(shared or {}).get(lc.name),
         )
         for lc in config.listeners
     }
@@ -400,19 +236,29 @@ def build_service(
     gateway = GatewayService(config, listeners, clock)
     for listener in listeners.values():
         listener.service.setServiceParent(gateway)
-    if config.admin:
-        from twisted.web.server import Site
+    if config.admin and admin:
+        from tlsgate.admin import LocalView
 
-        from tlsgate.admin import AdminRoot, token_file
-
-        site = Site(AdminRoot(gateway, token_file(config.admin_token_file)))
-        site.displayTracebacks = False
-        admin = ListenerService(
-            server_endpoint(reactor, config.admin, _where(config, "gateway", "admin")),
-            site,
-            description=config.admin,
-        )
-        admin.setName("admin")
-        admin.setServiceParent(gateway)
-        gateway.admin = admin
+        gateway.admin = build_admin(config, LocalView(gateway), reactor)
+        gateway.admin.setServiceParent(gateway)
     return gateway
+
+
+def build_admin(
+    config: GatewayConfig, view: IGatewayView, reactor: IReactorCore
+) -> ListenerService:
+    """The admin endpoint's service, serving C{view} (an L{IGatewayView})."""
+    from twisted.web.server import Site
+
+    from tlsgate.admin import AdminRoot, token_file
+
+    assert config.admin is not None
+    site = Site(AdminRoot(view, token_file(config.admin_token_file)))
+    site.displayTracebacks = False
+    service = ListenerService(
+        server_endpoint(reactor, config.admin, _where(config, "gateway", "admin")),
+        site,
+        description=config.admin,
+    )
+    service.setName("admin")
+    return service

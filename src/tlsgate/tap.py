@@ -62,9 +62,25 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     service = _ExitOnStartError()
     gateway = service_for(options, reactor)
     gateway.setServiceParent(service)
-    assert isinstance(gateway, GatewayService)
     path = options.get("config")
     notifier = SystemdNotifier.from_environ(os.environ, reactor)
+    if not isinstance(gateway, GatewayService):
+        from tlsgate.workers import SupervisorService, reload_supervisor
+
+        assert isinstance(gateway, SupervisorService) and path
+        supervisor = gateway
+        if notifier is not None:
+            supervisor.notifier = notifier
+
+        def hangup() -> Deferred[None]:
+            supervisor.notifier.reloading()
+            d = reload_supervisor(supervisor, path)
+            return d.addBoth(
+                lambda _: None if supervisor.draining else supervisor.notifier.ready()
+            )
+
+        install_stop_handlers(reactor, hangup=hangup)
+        return service
     if notifier is not None:
         gateway.notifier = notifier
     install_stop_handlers(reactor, hangup=lambda: reload_config(gateway, path, reactor))
@@ -148,6 +164,11 @@ def service_for(
             from tlsgate.demo import build_demo_service
 
             return build_demo_service(reactor)
+        if config.workers > 1:
+            from tlsgate.workers import build_supervisor
+
+            assert reactor is not None
+            return build_supervisor(config, reactor)
         from tlsgate.service import build_service
 
         return build_service(config, reactor)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,6 +70,20 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listened on {port} within {timeout}s")
+
+
+#: The supervisor's line for each worker that serves.
+SERVING = re.compile(r"worker \d+ \(pid \d+, generation \d+\) serving")
+
+
+def wait_for_log(
+    gateway: GatewayProcess, pattern: re.Pattern[str], count: int, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while len(pattern.findall(gateway.log)) < count:
+        if gateway.proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"waited for {count} of {pattern.pattern!r}")
+        time.sleep(0.05)
 
 
 class EchoHandler(socketserver.BaseRequestHandler):
@@ -143,6 +158,10 @@ class Site:
         return self.tmp / "gateway.ini"
 
     def ini(self, **extra: str) -> Path:
+        # CI runs the reload, limits and admin suites again with workers = 2.
+        workers = os.environ.get("TLSGATE_TEST_WORKERS")
+        if workers and "workers" not in extra:
+            extra["workers"] = workers
         lines = {
             "listen": f"tcp:{self.port}:interface=127.0.0.1",
             "backend": f"tcp:127.0.0.1:{self.backend_port}",
@@ -163,9 +182,20 @@ class Site:
         )
         try:
             wait_for_port(self.port, self.gateway.proc)
+            workers = int(self.ini_values().get("workers", "1"))
+            if workers > 1:
+                # The supervisor binds before its workers serve.
+                wait_for_log(self.gateway, SERVING, workers)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.gateway.log}") from None
         return self.gateway
+
+    def ini_values(self) -> dict[str, str]:
+        lines = self.ini_path().read_text().splitlines()
+        return dict(
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition("=") for line in lines if "=" in line)
+        )
 
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()

@@ -57,7 +57,9 @@ def test_garbage_is_survived_logged_once_then_replaced(site: Site) -> None:
     write_atomically(site.key, new.key)
     write_atomically(site.cert, new.chain)
     assert site.served() == new.fingerprint
-    assert gateway.log.count("keeping certificate generation 1") == 1
+    # Logged once per process that saw the garbage (each worker checks its files).
+    workers = int(site.ini_values().get("workers", "1"))
+    assert 1 <= gateway.log.count("keeping certificate generation 1") <= workers
 
 
 def test_pair_caught_mid_update_heals(site: Site) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -202,9 +203,17 @@ def test_duplicate_key_and_garbage_lines() -> None:
     assert "comes before any [section]" in garbage
 
 
-def test_more_workers_are_refused_for_now() -> None:
-    (error,) = errors_of(GOOD.replace("workers = 1", "workers = auto"))
-    assert "[gateway] workers" in error and "not supported yet" in error
+def test_workers_is_a_count_or_auto() -> None:
+    """auto is the CPUs the process may run on; nonsense names the key."""
+    assert (
+        parse_config(GOOD.replace("workers = 1", "workers = 3"), file="g.ini").workers
+        == 3
+    )
+    auto = parse_config(GOOD.replace("workers = 1", "workers = auto"), file="g.ini")
+    assert auto.workers == len(os.sched_getaffinity(0))
+    for bad in ("0", "-2", "many", "1.5"):
+        (error,) = errors_of(GOOD.replace("workers = 1", f"workers = {bad}"))
+        assert "[gateway] workers" in error and "or auto" in error
 
 
 def test_log_format_is_text_or_json() -> None:

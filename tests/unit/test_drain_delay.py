@@ -20,6 +20,7 @@ from tests.helpers import make_pair, write
 from tlsgate._drain import StagedDrain
 from tlsgate._reconfigure import reconfigure
 from tlsgate._sdnotify import INotifier
+from tlsgate.admin import LocalView
 from tlsgate.admin._resources import Ready
 from tlsgate.config import parse_config
 from tlsgate.service import GatewayService, build_service
@@ -77,7 +78,7 @@ def start(
 
 def readyz(gateway: GatewayService) -> int:
     request = DummyRequest([b""])
-    Ready(gateway).render_GET(request)  # type: ignore[arg-type]
+    Ready(LocalView(gateway)).render_GET(request)  # type: ignore[arg-type]
     return int(request.responseCode or 200)
 
 
@@ -167,3 +168,31 @@ def test_staged_drain_order_and_failure() -> None:
 
 def test_recorder_is_a_notifier() -> None:
     assert verifyObject(INotifier, Recorder())
+
+
+def test_a_later_shorter_timeout_cuts_a_drain_short() -> None:
+    """
+    A worker retired by a new generation drains with a long limit; told to
+    stop, the shorter C{drain_timeout} applies, before and after the finish
+    stage began. A longer or unlimited (0) one changes nothing.
+    """
+    clock = Clock()
+    finishes: list[float] = []
+    open_connections: Deferred[None] = Deferred()
+
+    def finish(timeout: float) -> Deferred[None]:
+        finishes.append(timeout)
+        return open_connections
+
+    stop = StagedDrain(clock, lambda: None, lambda: None, finish)
+    stop.start(2, 86400)
+    stop.start(0, 3600)  # still in drain_delay: remembered
+    clock.advance(2)
+    assert finishes == [3600]
+    stop.start(0, 0)
+    stop.start(0, 7200)
+    assert finishes == [3600]
+    stop.start(0, 30)  # finishing: applied at once
+    assert finishes == [3600, 30]
+    open_connections.callback(None)
+    assert stop.start(0, 1).called

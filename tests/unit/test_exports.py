@@ -29,7 +29,7 @@ PINNED = {
     ],
     "tlsgate.tracker": [
         "QUIET_INTERVAL", "CloseReason", "ConnectionInfo", "ConnectionTracker", "Limits",
-        "TrackedProtocol",
+        "ListenerCounts", "SharedCounts", "TrackedProtocol",
     ],
 }  # fmt: skip
 

@@ -393,6 +393,19 @@ def test_drain_waits_for_connections_then_closes_the_rest() -> None:
     assert tracker.closed == {CloseReason.CLIENT: 1, CloseReason.DRAIN: 2}
 
 
+def test_a_second_drain_with_a_shorter_limit_wins() -> None:
+    """A worker retired with a long limit, then stopped: drain_timeout applies."""
+    clock = Clock()
+    tracker = tracker_for(clock)
+    held, _ = connect(tracker)
+    tracker.drain(3600)
+    clock.advance(10)
+    tracker.drain(5)
+    tracker.drain(60)  # a longer one does not extend it
+    clock.advance(5)
+    assert held.closing and held.reason is CloseReason.DRAIN
+
+
 def test_drain_with_nothing_open_fires_at_once() -> None:
     assert tracker_for(Clock()).drain(30).called
 

@@ -9,10 +9,13 @@ live state at scrape time.
 from tlsgate.admin._metrics import GatewayCollector, make_registry
 from tlsgate.admin._resources import AdminRoot, TokenFile, token_file
 from tlsgate.admin._status import gateway_status, reload_now
+from tlsgate.admin._view import IGatewayView, LocalView
 
 __all__ = [
     "AdminRoot",
     "GatewayCollector",
+    "IGatewayView",
+    "LocalView",
     "TokenFile",
     "gateway_status",
     "make_registry",

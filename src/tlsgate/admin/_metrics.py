@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from tlsgate.tracker import CloseReason
 
 if TYPE_CHECKING:
-    from tlsgate.service import Listener
+    from tlsgate._gateway import Listener
 
 Listeners = Callable[[], Mapping[str, "Listener"]]
 
@@ -102,7 +102,7 @@ class GatewayCollector:
             not_after.add_metric(
                 [name, material.fingerprint_sha256], material.not_after.timestamp()
             )
-            sni_entries = contexts.sni.entries.values() if contexts.sni else ()
+            sni_entries = listener.sni.entries.values() if listener.sni else ()
             for entry in sni_entries:
                 sni_material = entry.factory.state.material
                 not_after.add_metric(

@@ -8,19 +8,19 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client.twisted import MetricsResource
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CollectorRegistry, Metric
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from tlsgate.admin._metrics import make_registry
-from tlsgate.admin._status import gateway_status, reload_now
+from tlsgate.admin._view import IGatewayView
 from tlsgate.certs._stamps import FileSetWatch
-
-if TYPE_CHECKING:
-    from tlsgate.service import GatewayService
 
 _log = Logger()
 
@@ -81,12 +81,31 @@ def _text(request: Request, code: int, body: str) -> bytes:
     return body.encode()
 
 
+def _later(request: Request, d: Deferred[Any], render: Callable[[Any], bytes]) -> int:
+    """Answer C{request} once C{d} fires (a supervisor asks its workers first)."""
+
+    def done(result: Any) -> None:
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(render(result))
+            request.finish()
+
+    def failed(reason: Failure) -> None:
+        _log.failure("admin: {path} failed", reason, path=request.path)
+        done_error = _text(request, 500, "internal error\n")
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(done_error)
+            request.finish()
+
+    d.addCallbacks(done, failed)
+    return NOT_DONE_YET
+
+
 class _Leaf(Resource):
     isLeaf = True
 
-    def __init__(self, gateway: GatewayService) -> None:
+    def __init__(self, view: IGatewayView) -> None:
         super().__init__()
-        self.gateway = gateway
+        self.view = view
 
 
 class Health(_Leaf):
@@ -96,32 +115,51 @@ class Health(_Leaf):
 
 class Ready(_Leaf):
     def render_GET(self, request: Request) -> bytes:
-        gateway = self.gateway
-        down = [n for n, lsn in gateway.listeners.items() if not lsn.service.listening]
-        if gateway.draining:
-            return _text(request, 503, "draining\n")
-        if down:
-            return _text(request, 503, f"not listening: {', '.join(sorted(down))}\n")
+        why = self.view.readiness()
+        if why is not None:
+            return _text(request, 503, f"{why}\n")
         return _text(request, 200, "ready\n")
 
 
 class Status(_Leaf):
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, gateway_status(self.gateway))
+    def render_GET(self, request: Request) -> int:
+        return _later(request, self.view.status(), lambda s: _json(request, 200, s))
+
+
+class Metrics(_Leaf):
+    def render_GET(self, request: Request) -> int:
+        def render(families: list[Metric]) -> bytes:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Families(families))
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            return generate_latest(registry)
+
+        return _later(request, self.view.metrics(), render)
+
+
+class _Families:
+    """A collector yielding metric families read beforehand."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 class Reload(_Leaf):
-    def render_POST(self, request: Request) -> bytes:
-        ok, result = reload_now(self.gateway)
-        return _json(request, 200 if ok else 422, result)
+    def render_POST(self, request: Request) -> int:
+        return _later(
+            request,
+            self.view.reload(),
+            lambda r: _json(request, 200 if r[0] else 422, r[1]),
+        )
 
 
 class Drain(_Leaf):
     def render_POST(self, request: Request) -> bytes:
-        already = self.gateway.draining
-        if not already:
-            _log.info("admin: drain requested", event="drain_requested")
-            self.gateway.drain()
+        _log.info("admin: drain requested", event="drain_requested")
+        already = self.view.drain()
         return _json(request, 202, {"draining": True, "already": already})
 
 
@@ -142,17 +180,15 @@ class AdminRoot(Resource):
     constant time.
     """
 
-    def __init__(self, gateway: GatewayService, token: TokenFile | None = None) -> None:
+    def __init__(self, view: IGatewayView, token: TokenFile | None = None) -> None:
         super().__init__()
         self.token = token
-        self.putChild(b"healthz", Health(gateway))
-        self.putChild(b"readyz", Ready(gateway))
-        self.putChild(b"status", Status(gateway))
-        self.putChild(b"reload", Reload(gateway))
-        self.putChild(b"drain", Drain(gateway))
-        self.putChild(
-            b"metrics", MetricsResource(make_registry(lambda: gateway.listeners))
-        )
+        self.putChild(b"healthz", Health(view))
+        self.putChild(b"readyz", Ready(view))
+        self.putChild(b"status", Status(view))
+        self.putChild(b"reload", Reload(view))
+        self.putChild(b"drain", Drain(view))
+        self.putChild(b"metrics", Metrics(view))
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if self.token is not None and not self.token.allows(request):

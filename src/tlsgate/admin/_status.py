@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tlsgate._version import __version__
 
 if TYPE_CHECKING:
-    from tlsgate.service import GatewayService, Listener
+    from tlsgate._gateway import GatewayService, Listener
 
 
 def _iso(dt: Any) -> str:
@@ -33,7 +33,7 @@ def certificate_status(listener: Listener) -> dict[str, Any]:
 
 
 def _sni_status(listener: Listener) -> list[dict[str, Any]]:
-    sni = listener.contexts.sni
+    sni = listener.sni
     if sni is None:
         return []
     out = []

@@ -89,6 +89,7 @@ def build_server_context(
     require_client_cert: bool = True,
     verify: VerifyCallback | None = None,
     ocsp: Callable[[CertifiedKey], bytes] | None = None,
+    session_id: bytes | None = None,
 ) -> SSL.Context:
     """
     Make a fresh server context serving C{material} under C{policy}.
@@ -103,6 +104,9 @@ def build_server_context(
     @param verify: called for each certificate of a client's chain, as
         OpenSSL's verify callback; returns whether to go on.
     @param ocsp: gives the DER OCSP response to staple, or C{b""} for none.
+    @param session_id: the session ID context (default: random); worker
+        processes derive the same one for the same files and generation, so
+        that a session made on one worker resumes on another.
     """
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_VERSIONS[policy.min_version])
@@ -146,8 +150,8 @@ def build_server_context(
         ctx.set_ocsp_server_callback(lambda conn, data: ocsp(material))
 
     # A session ID context is required for client certificates and harmless
-    # otherwise; it is random per context, binding sessions to this generation.
-    ctx.set_session_id(secrets.token_hex(8).encode("ascii"))
+    # otherwise; it is unique per context, binding sessions to this generation.
+    ctx.set_session_id(session_id or secrets.token_hex(8).encode("ascii"))
     if policy.session_resumption:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         # 0 means "no limit": OpenSSL's largest timeout; fractions round up.

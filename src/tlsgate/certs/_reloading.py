@@ -11,12 +11,13 @@ until their stamps change. No signal, no watcher thread.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
+import secrets
 import stat as statmodule
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -43,9 +44,6 @@ from tlsgate.certs._stamps import (
 )
 from tlsgate.errors import CertificateError
 
-if TYPE_CHECKING:
-    from tlsgate.sni import SniDirectory
-
 
 @dataclass(frozen=True)
 class CertificateState:
@@ -64,6 +62,12 @@ class CertificateState:
 
 
 ChangeListener = Callable[[CertificateState], None]
+
+#: Made once per process at import. Worker processes are forked after it is
+#: made, so they all derive the same session ID context for the same files
+#: and generation (sessions resume on any worker), while another gateway
+#: process derives different ones.
+_SESSION_SECRET = secrets.token_bytes(32)
 
 
 def _utc(ns: int) -> datetime.datetime:
@@ -119,8 +123,9 @@ class ReloadingContextFactory:
         self.client_auth = client_auth
         self.ocsp = ocsp
         self._on_context = on_context
-        #: The listener's SNI directory, when it has one (for status pages).
-        self.sni: SniDirectory | None = None
+        #: The context new connections are created from when sessions are
+        #: shared between worker processes (see L{share_sessions}).
+        self._session_context: SSL.Context | None = None
         self._verify = make_verify(client_auth, name) if client_auth else None
         self._paths: tuple[str, ...] = (
             (self.cert_path,)
@@ -170,7 +175,29 @@ class ReloadingContextFactory:
     def serverConnectionForTLS(
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:
-        return SSL.Connection(self.getContext(), None)
+        context = self.getContext()
+        session = self._session_context
+        if session is None or session is context:
+            return SSL.Connection(context, None)
+        # OpenSSL keeps the ticket keys and session cache of the context a
+        # connection was created with, and takes the certificate and session
+        # ID context from the one it is switched to.
+        connection = SSL.Connection(session, None)
+        connection.set_context(context)
+        return connection
+
+    def share_sessions(self) -> None:
+        """
+        From now on, create every connection from the context served now, so
+        that processes forked after this call share its ticket keys.
+
+        pyOpenSSL cannot set ticket keys, so the only way for several worker
+        processes to accept each other's tickets is to inherit one context.
+        Generation binding is unchanged: a later certificate (or client CA)
+        brings its own session ID context, and sessions made under another
+        generation do not resume.
+        """
+        self._session_context = self._context
 
     # -- state, for status and metrics -----------------------------------
 
@@ -253,6 +280,11 @@ class ReloadingContextFactory:
         client_cas: tuple[x509.Certificate, ...],
         now_ns: int,
     ) -> None:
+        generation = self._generation + 1
+        session_id = hashlib.sha256(
+            b"\0".join([_SESSION_SECRET, self.name.encode(), str(generation).encode(),
+                        *(d or b"" for d in self._seen.digests)])
+        ).hexdigest()[:32].encode("ascii")  # fmt: skip
         try:
             context = build_server_context(
                 material,
@@ -262,6 +294,7 @@ class ReloadingContextFactory:
                 or self.client_auth.require,
                 verify=self._verify,
                 ocsp=self.ocsp.for_material if self.ocsp is not None else None,
+                session_id=session_id,
             )
             if self._on_context is not None:
                 self._on_context(context)

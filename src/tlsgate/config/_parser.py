@@ -166,11 +166,14 @@ def _server_name(text: str) -> str:
 
 
 def _workers(text: str) -> int:
-    if text.strip().lower() == "auto" or text.strip() != "1":
-        raise ValueError(
-            f"{text!r}: more than one worker process is not supported yet; use 1"
-        )
-    return 1
+    word = text.strip().lower()
+    if word == "auto":
+        # The CPUs this process may run on (taskset, cgroup cpusets), not
+        # the machine's count.
+        return max(1, len(os.sched_getaffinity(0)))
+    if not word.isdigit() or not 1 <= int(word) <= 1024:
+        raise ValueError(f"{text!r} is not a number of processes (1 to 1024) or auto")
+    return int(word)
 
 
 def _log_format(text: str) -> str:

@@ -8,6 +8,7 @@ rotation, draining, and the count of closes by reason.
 
 from tlsgate.tracker._connection import QUIET_INTERVAL, TrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
+from tlsgate.tracker._shared import ListenerCounts, SharedCounts
 from tlsgate.tracker._tracker import ConnectionInfo, ConnectionTracker
 
 __all__ = [
@@ -16,5 +17,7 @@ __all__ = [
     "ConnectionInfo",
     "ConnectionTracker",
     "Limits",
+    "ListenerCounts",
+    "SharedCounts",
     "TrackedProtocol",
 ]

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from tlsgate.certs import CertificateState
 from tlsgate.tracker._connection import TrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
+from tlsgate.tracker._shared import ListenerCounts
 
 
 def _resolution(limits: Limits) -> float:
@@ -91,6 +92,7 @@ class ConnectionTracker:
         name: str = "default",
         generation: Callable[[], int] = lambda: 0,
         random: Callable[[], float] = _random.random,
+        shared: ListenerCounts | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -129,6 +131,10 @@ class ConnectionTracker:
         self._draining = False
         self._waiters: list[Deferred[None]] = []
         self._drain_call: IDelayedCall | None = None
+        #: Counts over every worker process (None: this process is the
+        #: gateway): caps are checked against them instead of local counts.
+        self.shared = shared
+        self._recheck: IDelayedCall | None = None
 
     # -- IProtocolFactory --------------------------------------------------
 
@@ -158,21 +164,42 @@ class ConnectionTracker:
         if host is not None:
             self._per_client[host] += 1
         cap = self.limits.max_connections
-        if cap and len(self.connections) >= cap:
-            self._pause_accepting()
+        shared = self.shared
+        if shared is None:
+            if cap and len(self.connections) >= cap:
+                self._pause_accepting()
+        else:
+            shared.opened(host)
+            if cap and shared.total() >= cap:
+                self._pause_accepting()
         return protocol
 
     def _refusal(self, host: str | None) -> CloseReason | None:
         if self._draining:
             return CloseReason.DRAIN
         cap = self.limits.max_connections
-        if cap and len(self.connections) >= cap and not self._accept_paused:
+        shared = self.shared
+        open_now = len(self.connections) if shared is None else shared.total()
+        if (
+            cap
+            and open_now >= cap
+            and not self._accept_paused
+            and (shared is None or self.port is None)
+        ):
             # The port cannot pause accepting: refuse. (When it can, Twisted may
             # still hand over the rest of the batch it accepted in one go before
-            # the pause took effect; those are admitted, not reset.)
+            # the pause took effect; those are admitted, not reset.) With
+            # workers, the cap may have been reached in another worker: this
+            # one admits the connection and pauses too (so the gateway goes
+            # over by at most one connection per worker).
             return CloseReason.LIMIT
         per_client = self.limits.max_connections_per_client
-        if per_client and host is not None and self._per_client[host] >= per_client:
+        if (
+            per_client
+            and host is not None
+            and (self._per_client[host] if shared is None else shared.of(host))
+            >= per_client
+        ):
             # Logged once while the source stays at its cap, so a client that
             # keeps reconnecting cannot flood the log (the metric counts each).
             if host not in self._refused_hosts:
@@ -183,7 +210,7 @@ class ConnectionTracker:
                     " counted, not logged, until it is below the cap",
                     listener=self.name,
                     peer=host,
-                    count=self._per_client[host],
+                    count=self._per_client[host] if shared is None else shared.of(host),
                     event="connection_refused",
                 )
             return CloseReason.LIMIT
@@ -259,6 +286,8 @@ class ConnectionTracker:
         self.connections.discard(protocol)
         self.bytes_in_closed += protocol.bytes_in
         self.bytes_out_closed += protocol.bytes_out
+        if self.shared is not None:
+            self.shared.closed(protocol.peer)
         if protocol.peer is not None:
             left = self._per_client[protocol.peer] - 1
             if left > 0:
@@ -268,16 +297,36 @@ class ConnectionTracker:
             self._refused_hosts.discard(protocol.peer)
         assert protocol.reason is not None
         self.closed[protocol.reason] += 1
-        if self._accept_paused and len(self.connections) < self.limits.max_connections:
+        if self._accept_paused and self._below_cap():
             self._resume_accepting()
         if self._draining and not self.connections:
             self._drained()
+
+    def _below_cap(self) -> bool:
+        shared = self.shared
+        open_now = len(self.connections) if shared is None else shared.total()
+        return open_now < self.limits.max_connections
+
+    def _recheck_cap(self) -> None:
+        """
+        With workers, a connection closing in another worker makes room that
+        this one hears nothing of: look again every 50 ms while paused.
+        """
+        self._recheck = None
+        if not self._accept_paused:
+            return
+        if self._below_cap():
+            self._resume_accepting()
+        else:
+            self._recheck = self.clock.callLater(0.05, self._recheck_cap)
 
     def _pause_accepting(self) -> None:
         stop = getattr(self.port, "stopReading", None)
         if stop is not None and not self._accept_paused:
             stop()
             self._accept_paused = True
+            if self.shared is not None and self._recheck is None:
+                self._recheck = self.clock.callLater(0.05, self._recheck_cap)
             self._log.warn(
                 "{listener}: {count} connections open (max_connections); not"
                 " accepting until one closes",
@@ -364,6 +413,15 @@ class ConnectionTracker:
         if not self._draining:
             self._draining = True
             if self.connections and timeout:
+                self._drain_call = self.clock.callLater(timeout, self._drain_expired)
+        elif self.connections and timeout:
+            # Draining already, with a longer limit (a worker retired by a
+            # new generation, then told to stop): the shorter limit wins.
+            call = self._drain_call
+            due = self.clock.seconds() + timeout
+            if call is None or (call.active() and call.getTime() > due):
+                if call is not None:
+                    call.cancel()
                 self._drain_call = self.clock.callLater(timeout, self._drain_expired)
             self._log.info(
                 "{listener}: draining {count} connections (up to {timeout}s)",

@@ -1,0 +1,144 @@
+"""
+Assembling a supervised gateway from a config, and re-reading its config
+on SIGHUP: the C{workers > 1} twin of L{tlsgate.service.build_service} and
+L{tlsgate.tap.reload_config}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+from tlsgate.config import GatewayConfig, load_config
+from tlsgate.errors import ConfigErrors, TlsgateError
+from tlsgate.workers._launcher import ILauncher, ProcessLauncher
+from tlsgate.workers._sockets import bind, bind_reuseport
+from tlsgate.workers._supervisor import SupervisorService
+
+_log = Logger()
+
+
+def check_certificates(config: GatewayConfig, reactor: IReactorCore) -> None:
+    """
+    Load every listener's certificates once, here, so that unusable files
+    are refused with the same message as with one process, before any
+    worker exists.
+
+    @raise tlsgate.errors.CertificateError: naming the files.
+    """
+    from tlsgate.service import build_contexts, build_pool
+
+    for lc in config.listeners:
+        build_contexts(lc)
+        build_pool(lc, reactor)
+
+
+def build_supervisor(
+    config: GatewayConfig,
+    reactor: IReactorCore,
+    launcher: ILauncher | None = None,
+) -> SupervisorService:
+    """
+    The gateway for C{config} as a supervisor of C{config.workers} workers.
+
+    @raise tlsgate.errors.TlsgateError: when a certificate cannot be served.
+    """
+    check_certificates(config, reactor)
+    binder = bind
+    if os.environ.get("TLSGATE_REUSEPORT") == "1":  # bench/workers.py's experiment
+        binder = bind_reuseport
+    supervisor = SupervisorService(
+        config,
+        reactor,
+        launcher or ProcessLauncher(reactor),  # type: ignore[arg-type]
+        binder=binder,
+    )
+    if config.admin:
+        from tlsgate.service import build_admin
+        from tlsgate.workers._view import SupervisorView
+
+        supervisor.admin = build_admin(config, SupervisorView(supervisor), reactor)
+        supervisor.admin.setServiceParent(supervisor)
+    return supervisor
+
+
+def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None]:
+    """
+    SIGHUP: read C{path} once, here; refuse it (everything keeps serving)
+    or hand it to a new generation of workers.
+    """
+    try:
+        new = load_config(path)
+        check_certificates(new, supervisor.reactor)
+    except ConfigErrors as e:
+        for error in e.errors:
+            _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
+                       path=path, error=str(error), event="config_refused")  # fmt: skip
+        return succeed(None)
+    except TlsgateError as e:
+        _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
+                   path=path, error=str(e), event="config_refused")  # fmt: skip
+        return succeed(None)
+    if new == supervisor.config:
+        _log.info("SIGHUP: {path}: nothing changed", path=path, event="config_reloaded")
+        return succeed(None)
+    kept = []
+    if (
+        new.admin != supervisor.config.admin
+        or new.log_format != supervisor.config.log_format
+    ):
+        from dataclasses import replace
+
+        new = replace(new, admin=supervisor.config.admin,
+                      log_format=supervisor.config.log_format)  # fmt: skip
+        kept.append("admin and log_format changes need a restart; kept the old ones")
+    if new.admin_token_file != supervisor.config.admin_token_file and supervisor.admin:
+        from typing import cast
+
+        from twisted.web.server import Site
+
+        from tlsgate.admin import AdminRoot, token_file
+
+        site = cast(Site, supervisor.admin.factory)
+        cast(AdminRoot, site.resource).token = token_file(new.admin_token_file)
+        kept.append("admin: token file changed")
+    listeners = listener_changes(supervisor.config, new)
+    done: Deferred[None] = Deferred()
+
+    def serving() -> None:
+        for change in listeners:
+            _log.info("SIGHUP: {path}: {change}", path=path, change=change,
+                      event="config_reloaded")  # fmt: skip
+        done.callback(None)
+
+    try:
+        changes = supervisor.apply(new, serving)
+    except TlsgateError as e:
+        _log.error("SIGHUP: refusing {path}, keeping the running config: {error}",
+                   path=path, error=str(e), event="config_refused")  # fmt: skip
+        return succeed(None)
+    for change in [*kept, *changes]:
+        _log.info("SIGHUP: {path}: {change}", path=path, change=change,
+                  event="config_reloaded")  # fmt: skip
+    return done
+
+
+def listener_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """What a new config changes, in the words a one-process reload logs."""
+    before = {lc.name: lc for lc in old.listeners}
+    after = {lc.name: lc for lc in new.listeners}
+    out = []
+    for name, lc in after.items():
+        was = before.get(name)
+        if was is None or was.listen != lc.listen:
+            out.append(f"listener {name}: listening on {lc.listen}")
+        elif was != lc:
+            out.append(f"listener {name}: new settings for new connections")
+    for name in before.keys() - after.keys():
+        out.append(f"listener {name}: removed; its open connections continue")
+    if new.workers != old.workers:
+        out.append(f"workers: now {new.workers}")
+    return out

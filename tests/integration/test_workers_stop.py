@@ -1,0 +1,79 @@
+"""
+workers = 2: SIGTERM drains every worker and leaves no process behind, with
+exit status 0; killing the supervisor leaves no orphaned worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from tests.integration.conftest import Site, free_port
+from tests.integration.workers import children, echo_once, ready, wait_until
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def test_sigterm_leaves_no_process(site: Site) -> None:
+    admin = free_port()
+    gateway = site.start(workers="2", admin=f"tcp:{admin}:interface=127.0.0.1")
+    wait_until(lambda: ready(admin), what="readyz")
+    echo_once(site)
+    family = children(gateway.proc.pid)
+    assert len(family) == 3
+    assert gateway.stop(signal.SIGTERM) == 0
+    wait_until(lambda: not _alive(family), timeout=10, what="every process to end")
+
+
+def test_killing_the_supervisor_leaves_no_orphan(site: Site) -> None:
+    admin = free_port()
+    gateway = site.start(workers="2", admin=f"tcp:{admin}:interface=127.0.0.1")
+    wait_until(lambda: ready(admin), what="readyz")
+    family = children(gateway.proc.pid)
+    assert len(family) == 3
+    os.kill(gateway.proc.pid, signal.SIGKILL)
+    gateway.proc.wait()
+    wait_until(lambda: not _alive(family), timeout=10, what="workers to end")
+
+
+def test_sigterm_cuts_short_a_retired_workers_long_wait(site: Site) -> None:
+    """
+    A worker replaced by SIGHUP keeps its open connection (up to a day), but
+    SIGTERM then gives that connection drain_timeout, as any other.
+    """
+    import socket
+    import time
+
+    from tests.integration.conftest import recv_exactly
+
+    admin = free_port()
+    gateway = site.start(workers="2", drain_timeout="1s",
+                         admin=f"tcp:{admin}:interface=127.0.0.1")  # fmt: skip
+    wait_until(lambda: ready(admin), what="readyz")
+    family = children(gateway.proc.pid)
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as raw:
+        with site.client_context().wrap_socket(
+            raw, server_hostname="localhost"
+        ) as held:
+            held.sendall(b"a")
+            assert recv_exactly(held, 1) == b"a"
+            site.ini(workers="2", drain_timeout="1s", idle_timeout="1h",
+                     admin=f"tcp:{admin}:interface=127.0.0.1")  # fmt: skip
+            gateway.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "serves alone" in gateway.log, what="the new generation")
+            held.sendall(b"b")
+            assert recv_exactly(held, 1) == b"b"  # its retired worker still serves it
+            started = time.monotonic()
+            assert gateway.stop(signal.SIGTERM) == 0
+            assert time.monotonic() - started < 10
+    wait_until(lambda: not _alive(family + children(gateway.proc.pid)), timeout=10)
