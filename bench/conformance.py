@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -189,12 +190,13 @@ class _Answer(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = self.request.recv(4096)
-            if not chunk:
-                return
-            request += chunk
-        self.request.sendall(RESPONSE)
+        with contextlib.suppress(OSError):  # probes reset their connections
+            while b"\r\n\r\n" not in request:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            self.request.sendall(RESPONSE)
 
 
 class _Backend(socketserver.ThreadingTCPServer):
@@ -217,17 +219,73 @@ def backend() -> Iterator[int]:
 
 
 def write_certificates(workdir: Path, key: str) -> tuple[Path, Path, Path]:
-    """A CA-issued C{localhost} certificate: chain, key, and both in one file."""
-    import trustme
+    """
+    A CA and a C{localhost} certificate as a public CA would issue it (SAN not
+    critical, 90 days, server auth), so that sslyze's Mozilla check judges the
+    TLS settings and not the test certificate: chain, key, and both in one
+    file; the CA goes to C{KEY-ca.pem}.
+    """
+    import ipaddress
 
-    kind = trustme.KeyType.RSA if key == "rsa" else trustme.KeyType.ECDSA
-    ca = trustme.CA(key_type=kind)
-    leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=kind)
-    chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def new_key() -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+        if key == "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, leaf_key = new_key(), new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "conformance CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True,
+            content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, encipher_only=False, decipher_only=False,
+        ), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    chain = leaf.public_bytes(pem)
+    private_pem = leaf_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (workdir / f"{key}-ca.pem").write_bytes(ca.public_bytes(pem))
     cert, private, both = (workdir / f"{key}.{n}" for n in ("crt", "key", "pem"))
     cert.write_bytes(chain)
-    private.write_bytes(leaf.private_key_pem.bytes())
-    both.write_bytes(chain + leaf.private_key_pem.bytes())
+    private.write_bytes(private_pem)
+    both.write_bytes(chain + private_pem)
     for p in (private, both):
         p.chmod(0o600)
     return cert, private, both
@@ -450,20 +508,24 @@ def run_tlsfuzzer(
     return Outcome(probes=probes)
 
 
-def run_sslyze(sslyze: str, port: int) -> str:
-    """Mozilla intermediate compliance and TLS 1.2 resumption, in one cell."""
+def run_sslyze(sslyze: str, port: int, ca: Path) -> str:
+    """
+    Mozilla intermediate compliance and TLS 1.2 resumption, in one cell.
+    C{ca} is trusted for the certificate checks, as a public CA would be.
+    """
     out = Path(tempfile.mkdtemp()) / "sslyze.json"
     try:
         done = subprocess.run(
             [*nice(), sslyze, "--mozilla_config=intermediate", "--resum",
+             f"--certinfo_ca_file={ca}",
              "--resum_attempts=20", f"--json_out={out}", f"127.0.0.1:{port}"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return "error: timed out"
-    compliant = "is compliant with Mozilla's intermediate" in done.stdout or (
-        "compliant" in done.stdout and "not compliant" not in done.stdout
-    )
+    # sslyze prints "OK - Compliant." or "FAILED - Not compliant." (and the
+    # issues), and exits 1 when not compliant.
+    compliant = "OK - Compliant." in done.stdout and done.returncode == 0
     try:
         result = json.loads(out.read_text())["server_scan_results"][0]
         resum = result["scan_result"]["session_resumption"]["result"]
@@ -479,6 +541,9 @@ def run_sslyze(sslyze: str, port: int) -> str:
     except (OSError, KeyError, IndexError, ValueError, TypeError) as e:
         return f"error: {type(e).__name__} {e}"
     verdict = "intermediate: compliant" if compliant else "intermediate: NOT compliant"
+    if not compliant:
+        issues = re.findall(r"^ {8}\* (.+)$", done.stdout, re.M)
+        verdict += " (" + "; ".join(issues[:3]) + ")" if issues else ""
     return f"{verdict}; session ID {ids}; tickets {tickets}"
 
 
@@ -591,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
                 with serving(target, workdir, backend_port, files) as port:
                     if use_sslyze:
                         assert sslyze is not None
-                        cell = run_sslyze(sslyze, port)
+                        ca = files[0].with_name(f"{key}-ca.pem")
+                        cell = run_sslyze(sslyze, port, ca)
                         sslyze_rows.setdefault(key, {})[target] = cell
                         print(f"{key} {target} sslyze: {cell}", flush=True)
                     for script in scripts if use_fuzzer else ():
