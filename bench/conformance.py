@@ -312,6 +312,11 @@ def wait_for(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"nothing listened on {port}:\n{log.read_text()}")
 
 
+def _groups() -> str:
+    """C{$CONFORMANCE_GROUPS}: other groups for tlsgate and the bare server."""
+    return os.environ.get("CONFORMANCE_GROUPS", "").strip()
+
+
 def nice() -> list[str]:
     return ["nice", "-n", "10"] if shutil.which("nice") else []
 
@@ -323,6 +328,7 @@ def _tlsgate(workdir: Path, port: int, backend_port: int, cert: Path, key: Path,
         f"[listener:web]\nlisten = tcp:{port}:interface=127.0.0.1\n"
         f"backend = tcp:127.0.0.1:{backend_port}\ncert = {cert}\nkey = {key}\n"
         "alpn = http/1.1\n"
+        + (f"groups = {os.environ['CONFORMANCE_GROUPS']}\n" if _groups() else "")
     )
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
     return [twistd, "-n", "--pidfile=", "tlsgate", "--config", str(ini)]
@@ -414,9 +420,10 @@ def serve_bare(port: int, cert: str, key: str) -> None:
     from tlsgate.certs import TLSPolicy, build_server_context
     from tlsgate.certs._load import load_certified_key
 
-    ctx = build_server_context(
-        load_certified_key(cert, key), TLSPolicy(alpn=("http/1.1",))
-    )
+    policy = TLSPolicy(alpn=("http/1.1",))
+    if _groups():
+        policy = TLSPolicy(alpn=("http/1.1",), groups=tuple(_groups().split()))
+    ctx = build_server_context(load_certified_key(cert, key), policy)
     listener = socket.create_server(("127.0.0.1", port))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
