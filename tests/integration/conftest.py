@@ -163,6 +163,11 @@ class Site:
         )
         try:
             wait_for_port(self.port, self.gateway.proc)
+            # The admin endpoint may listen a moment after the listeners: a
+            # test that asks it at once must not race it (tcp:PORT:...).
+            admin = extra.get("admin", "")
+            if admin.startswith("tcp:"):
+                wait_for_port(int(admin.split(":")[1]), self.gateway.proc)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.gateway.log}") from None
         return self.gateway

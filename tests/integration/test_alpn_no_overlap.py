@@ -13,7 +13,8 @@ import ssl
 import pytest
 
 from tests.integration.conftest import Site, free_port, recv_exactly
-from tests.integration.test_admin import get, metric
+from tests.integration.test_admin import metric
+from tests.integration.test_resumption_after_abrupt_close import settled_metrics
 
 
 def offer(site: Site, protocols: list[str]) -> str | None:
@@ -30,11 +31,11 @@ def test_no_overlap_gets_the_no_application_protocol_alert(site: Site) -> None:
     admin = free_port()
     site.start(alpn="http/1.1", admin=f"tcp:{admin}:interface=127.0.0.1")
     hs = "tlsgate_handshakes_total"
-    _, before = get(admin, "/metrics")  # the start-up probe never handshakes
+    before = settled_metrics(admin)  # the start-up probe never handshakes
     failed = metric(before, hs, result="failed")
     with pytest.raises(ssl.SSLError, match="no application protocol"):
         offer(site, ["foo"])
     assert offer(site, ["h2", "http/1.1"]) == "http/1.1"
-    _, metrics = get(admin, "/metrics")
+    metrics = settled_metrics(admin)
     assert metric(metrics, hs, result="failed") == failed + 1
     assert metric(metrics, hs, result="ok", resumed="no") == 1

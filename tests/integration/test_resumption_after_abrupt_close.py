@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 from tests.integration.conftest import Site, free_port, recv_exactly
 from tests.integration.test_admin import get, metric
+
+
+def settled_metrics(admin: int) -> str:
+    """/metrics once no connection is open (the start-up port probe is counted)."""
+    deadline = time.monotonic() + 10
+    while True:
+        _, text = get(admin, "/metrics")
+        if metric(text, "tlsgate_connections_active", listener="web") == 0:
+            return text
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
 
 
 def test_session_id_resumption_survives_20_abrupt_closes(site: Site) -> None:
     admin = free_port()
     site.start(admin=f"tcp:{admin}:interface=127.0.0.1")
     closed = "tlsgate_connections_closed_total"
-    _, before = get(admin, "/metrics")  # the start-up probe is a client close
+    before = settled_metrics(admin)  # the start-up probe is a client close
     probes = metric(before, closed, listener="web", reason="client")
     ctx = site.client_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -34,7 +46,7 @@ def test_session_id_resumption_survives_20_abrupt_closes(site: Site) -> None:
         # Python's close sends no close_notify: the TCP connection just ends.
         tls.close()
     assert resumed == 20
-    _, metrics = get(admin, "/metrics")
+    metrics = settled_metrics(admin)
     assert metric(metrics, "tlsgate_handshakes_total", result="ok", resumed="yes") == 20
     assert metric(metrics, closed, listener="web", reason="tls_error") == 0
     assert metric(metrics, closed, listener="web", reason="client") == probes + 21
