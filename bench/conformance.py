@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     scripts = [s for s in SCRIPTS if not wanted or s.name in wanted]
     tlsfuzzer = find_tlsfuzzer()
     python = os.environ.get("TLSFUZZER_PYTHON", sys.executable)
+    if os.sep in python:  # the scripts run from tlsfuzzer's folder
+        python = os.path.abspath(python)
     use_fuzzer = require("tlsfuzzer (set TLSFUZZER_DIR)", tlsfuzzer)
     if use_fuzzer:
         importable = subprocess.run(
