@@ -17,7 +17,7 @@ from typing import TextIO
 from twisted.python import usage
 
 from tlsgate._version import __version__
-from tlsgate.certs import CertifiedKey, check_response
+from tlsgate.certs import CertifiedKey, TLSPolicy, check_response
 from tlsgate.certs._clientauth import parse_ca_bundle
 from tlsgate.certs._load import load_certified_key
 from tlsgate.certs._stamps import read_file
@@ -71,6 +71,15 @@ def describe(material: CertifiedKey, now: datetime.datetime) -> str:
     )
 
 
+def describe_tls(policy: TLSPolicy) -> str:
+    """One line for a listener's protocol settings, as the operator wrote them."""
+    alpn = " ".join(policy.alpn) or "none"
+    return (
+        f"tls min_version={policy.min_version} groups={' '.join(policy.groups)}"
+        f" alpn={alpn} ciphers={policy.ciphers}"
+    )
+
+
 def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
     """Validate C{path}; print certificates to C{out}; return the exit code."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -92,6 +101,7 @@ def check(path: str, out: TextIO, now: datetime.datetime | None = None) -> int:
             problems += 1
             continue
         print(f"{listener.name}: {listener.cert}: {describe(material, now)}", file=out)
+        print(f"{listener.name}: {describe_tls(listener.tls)}", file=out)
         problem = material.validity_problem(now)
         if problem is not None:
             print(f"error: {where} cert: {listener.cert}: {problem}", file=out)

@@ -186,6 +186,11 @@ class Site:
             if workers > 1:
                 # The supervisor binds before its workers serve.
                 wait_for_log(self.gateway, SERVING, workers)
+            # The admin endpoint may listen a moment after the listeners: a
+            # test that asks it at once must not race it (tcp:PORT:...).
+            admin = extra.get("admin", "")
+            if admin.startswith("tcp:"):
+                wait_for_port(int(admin.split(":")[1]), self.gateway.proc)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.gateway.log}") from None
         return self.gateway

@@ -28,7 +28,10 @@ def config(tmp_path: Path, **extra: str) -> Path:
 
 
 def test_check_prints_one_line_per_certificate(tmp_path: Path) -> None:
-    """Names, SHA-256 fingerprint, not-after and days left; exit 0."""
+    """
+    Names, SHA-256 fingerprint, not-after and days left; exit 0. Then one line
+    of the listener's protocol settings, with the default key exchange groups.
+    """
     now = utcnow()
     pair = make_pair(
         trustme.CA(),
@@ -40,7 +43,10 @@ def test_check_prints_one_line_per_certificate(tmp_path: Path) -> None:
     write(tmp_path / "web.key", pair.key)
     out = io.StringIO()
     assert check(str(config(tmp_path)), out, now=now) == EXIT_OK
-    (line,) = out.getvalue().splitlines()
+    line, tls = out.getvalue().splitlines()
+    assert tls.startswith(
+        "web: tls min_version=1.2 groups=X25519MLKEM768 X25519 P-256 P-384 alpn=none"
+    )
     assert line.startswith(f"web: {tmp_path / 'web.pem'}: names=web.example ")
     assert f"sha256={pair.fingerprint}" in line
     assert "days_left=42" in line

@@ -42,6 +42,7 @@ INI_VALUES = {
     "sni_dir": "certs", "sni_strict": "on", "client_ca": "clients.pem",
     "client_auth": "request", "allow": "dns:*.corp cn:ops", "ocsp_response": "ocsp.der",
     "alpn": "h2 http/1.1", "min_version": "1.3", "ciphers": "ECDHE+AESGCM",
+    "groups": "X25519 P-384",
     "session_resumption": "off", "session_timeout": "90s", "handshake_timeout": "3s",
     "idle_timeout": "2m", "max_lifetime": "1h", "lifetime_jitter": "20%",
     "close_grace": "250ms", "rotation_grace": "10m", "max_connections": "7",
@@ -71,7 +72,7 @@ def test_every_key_parses_as_the_ini_file_parses_it(
     (want,) = parse_config(ini, file=str(tmp_path / "g.ini")).listeners
     description = {"port": "8443", "cert": "fullchain.pem", "key": "privkey.pem"}
     for k, v in INI_VALUES.items():
-        description[k] = v.replace(" ", ",") if k in ("alpn",) else v
+        description[k] = v.replace(" ", ",") if k in ("alpn", "groups") else v
     tcp, got = parse_description((), description)
     assert tcp == {"port": 8443}
     for field in ("cert", "key", "tls", "limits", "client_ca", "client_auth",

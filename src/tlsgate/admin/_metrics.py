@@ -57,6 +57,12 @@ class GatewayCollector:
             "tlsgate_handshakes", "TLS handshakes, by result and resumption.",
             labels=[*L, "result", "resumed"],
         )  # fmt: skip
+        by_group = CounterMetricFamily(
+            "tlsgate_handshakes_by_group",
+            "Completed TLS handshakes by key exchange group (none: a TLS 1.2"
+            " resumption); X25519MLKEM768 is post-quantum.",
+            labels=[*L, "group"],
+        )
         traffic = CounterMetricFamily(
             "tlsgate_bytes", "Application bytes relayed, from (in) and to (out) clients.",
             labels=[*L, "direction"],
@@ -91,6 +97,8 @@ class GatewayCollector:
             handshakes.add_metric([name, "ok", "no"], tracker.handshakes_full)
             handshakes.add_metric([name, "ok", "yes"], tracker.handshakes_resumed)
             handshakes.add_metric([name, "failed", "no"], tracker.handshakes_failed)
+            for group, count in sorted(tracker.handshakes_by_group.items()):
+                by_group.add_metric([name, group], count)
             bytes_in, bytes_out = tracker.bytes_total()
             traffic.add_metric([name, "in"], bytes_in)
             traffic.add_metric([name, "out"], bytes_out)
@@ -115,7 +123,7 @@ class GatewayCollector:
                     pool.connect_failures[backend.description],
                 )
         yield from (
-            active, by_generation, total, closed, handshakes, traffic, reloads,
+            active, by_generation, total, closed, handshakes, by_group, traffic, reloads,
             generation, not_after, backend_failures,
         )  # fmt: skip
 

@@ -54,14 +54,22 @@ def _sni_status(listener: Listener) -> list[dict[str, Any]]:
 
 def listener_status(listener: Listener) -> dict[str, Any]:
     tracker = listener.tracker
+    tls = listener.config.tls
     return {
         "listen": listener.config.listen,
         "listening": listener.service.listening,
+        "tls": {
+            "min_version": tls.min_version,
+            "groups": list(tls.groups),
+            "alpn": list(tls.alpn),
+            "handshakes_by_group": dict(sorted(tracker.handshakes_by_group.items())),
+        },
         "connections": {
             "active": len(tracker.connections),
             "by_generation": {
                 str(g): n for g, n in sorted(tracker.by_generation().items())
             },
+            "by_group": dict(sorted(tracker.by_group().items())),
             "accepted": tracker.accepted,
             "closed": {r.value: n for r, n in sorted(tracker.closed.items())},
         },

@@ -7,6 +7,7 @@ looks at the files on disk for every new connection.
 """
 
 from tlsgate.certs._clientauth import ClientAuth
+from tlsgate.certs._groups import DEFAULT_GROUPS, check_groups, negotiated_group
 from tlsgate.certs._material import CertifiedKey, certificate_names, parse_certified_key
 from tlsgate.certs._ocsp import OcspStaple, OcspStatus, check_response
 from tlsgate.certs._policy import (
@@ -19,6 +20,7 @@ from tlsgate.certs._reloading import CertificateState, ReloadingContextFactory
 from tlsgate.certs._stamps import RACY_WINDOW_NS
 
 __all__ = [
+    "DEFAULT_GROUPS",
     "RACY_WINDOW_NS",
     "CertificateState",
     "CertifiedKey",
@@ -30,7 +32,9 @@ __all__ = [
     "build_server_context",
     "certificate_names",
     "check_cipher_string",
+    "check_groups",
     "check_response",
+    "negotiated_group",
     "parse_certified_key",
     "session_reused",
 ]

@@ -3,7 +3,10 @@ TLS protocol policy and the construction of one server C{SSL.Context}.
 
 The defaults are what a gateway facing the public internet should offer
 without any configuration: TLS 1.2 at least, forward-secret AEAD suites,
-no compression, no renegotiation, the server's cipher order, X25519/P-256.
+no compression, no renegotiation, the server's cipher order (ChaCha20 first
+for clients that put it first), and the X25519MLKEM768 post-quantum hybrid
+ahead of X25519, P-256 and P-384. This is Mozilla's "intermediate"
+configuration; C{min_version = 1.3} gives its "modern" one.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _openssl_lib
 
+from tlsgate.certs._alpn import install_alpn
+from tlsgate.certs._groups import DEFAULT_GROUPS, check_groups, set_groups
 from tlsgate.certs._material import CertifiedKey
 
 #: pyOpenSSL's binding of SSL_session_reused, looked up once (it runs per handshake).
 _session_reused = getattr(_openssl_lib, "SSL_session_reused", None)
 
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-DEFAULT_GROUPS = b"X25519:P-256"
+
+#: OpenSSL's SSL_OP_PRIORITIZE_CHACHA (bit 21 since 1.1.1), which pyOpenSSL's
+#: binding does not export: with the server's cipher order, a client that
+#: lists ChaCha20 first (no AES hardware) gets ChaCha20.
+OP_PRIORITIZE_CHACHA = getattr(_openssl_lib, "SSL_OP_PRIORITIZE_CHACHA", 1 << 21)
+
+#: A client that closes without close_notify (most do) is not an error: with
+#: this option OpenSSL keeps its TLS 1.2 session resumable instead of
+#: dropping it from the cache as after a fatal error.
+OP_IGNORE_UNEXPECTED_EOF = getattr(_openssl_lib, "SSL_OP_IGNORE_UNEXPECTED_EOF", 0)
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
@@ -37,7 +51,10 @@ class TLSPolicy:
     @ivar ciphers: an OpenSSL cipher string for TLS 1.2 (1.3 suites are all AEAD).
     @ivar session_resumption: offer session tickets and a session cache.
     @ivar session_timeout: seconds a session may be resumed.
-    @ivar alpn: protocols offered by ALPN, in the server's order of preference.
+    @ivar alpn: protocols offered by ALPN, in the server's order of preference;
+        a client offering none of them gets the C{no_application_protocol} alert.
+    @ivar groups: key exchange groups, in the server's order of preference;
+        each is checked against the OpenSSL that serves.
     """
 
     min_version: str = "1.2"
@@ -45,27 +62,14 @@ class TLSPolicy:
     session_resumption: bool = True
     session_timeout: float = 300.0
     alpn: tuple[str, ...] = ()
+    groups: tuple[str, ...] = DEFAULT_GROUPS
 
     def __post_init__(self) -> None:
         if self.min_version not in _VERSIONS:
             raise ValueError(
                 f"min_version must be 1.2 or 1.3, not {self.min_version!r}"
             )
-
-
-def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
-    """
-    Restrict key exchange to C{groups}.
-
-    pyOpenSSL has no public call for this; its binding of
-    C{SSL_CTX_set1_curves_list} is used when present, and OpenSSL's own
-    default list (which starts with X25519 and P-256) applies otherwise.
-    """
-    from OpenSSL._util import lib
-
-    setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
-    if setter is not None:
-        setter(ctx._context, groups)
+        object.__setattr__(self, "groups", check_groups(self.groups))
 
 
 def check_cipher_string(ciphers: str) -> str | None:
@@ -115,10 +119,12 @@ def build_server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_SINGLE_ECDH_USE
         | getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+        | OP_PRIORITIZE_CHACHA
+        | OP_IGNORE_UNEXPECTED_EOF
     )
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_cipher_list(policy.ciphers.encode("ascii"))
-    _set_groups(ctx, DEFAULT_GROUPS)
+    set_groups(ctx, policy.groups)
 
     ctx.use_certificate(material.leaf)
     for extra in material.chain[1:]:
@@ -137,15 +143,7 @@ def build_server_context(
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, verify or (lambda conn, cert, errno, depth, ok: bool(ok)))
     if policy.alpn:
-        offered = [p.encode("ascii") for p in policy.alpn]
-
-        def select(conn: SSL.Connection, protocols: list[bytes]) -> bytes | object:
-            for p in offered:
-                if p in protocols:
-                    return p
-            return SSL.NO_OVERLAPPING_PROTOCOLS
-
-        ctx.set_alpn_select_callback(select)  # type: ignore[arg-type]
+        install_alpn(ctx, policy.alpn)
     if ocsp is not None:
         ctx.set_ocsp_server_callback(lambda conn, data: ocsp(material))
 

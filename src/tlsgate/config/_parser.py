@@ -23,6 +23,7 @@ from tlsgate.config._values import (
     parse_bool,
     parse_choice,
     parse_duration,
+    parse_groups,
     parse_percent,
     parse_positive_int,
 )
@@ -36,7 +37,7 @@ GATEWAY_KEYS = (
 LISTENER_KEYS = (
     "listen", "backend", "cert", "key", "sni_dir", "sni_strict", "client_ca",
     "client_auth", "allow", "ocsp_response", "alpn", "min_version", "ciphers",
-    "session_resumption", "session_timeout", "handshake_timeout", "idle_timeout",
+    "groups", "session_resumption", "session_timeout", "handshake_timeout", "idle_timeout",
     "max_lifetime", "lifetime_jitter", "close_grace", "rotation_grace",
     "max_connections", "max_connections_per_client", "proxy_protocol",
     "backend_tls", "backend_ca", "backend_server_name", "backend_cert",
@@ -312,6 +313,7 @@ def _parse_listener(
         "backend_key": (values, "backend_key", path),
         "min_version": (tls, "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
         "ciphers": (tls, "ciphers", _cipher_string),
+        "groups": (tls, "groups", parse_groups),
         "session_resumption": (tls, "session_resumption", parse_bool),
         "session_timeout": (tls, "session_timeout", parse_duration),
         "handshake_timeout": (limits, "handshake_timeout", parse_duration),

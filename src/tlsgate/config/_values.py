@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from tlsgate.certs import check_groups
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _TRUE = {"on", "yes", "true", "1"}
@@ -69,3 +71,16 @@ def parse_choice(text: str, choices: tuple[str, ...]) -> str:
     if word not in choices:
         raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
     return word
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """
+    Key exchange group names, in order of preference, from
+    C{X25519MLKEM768 X25519 P-256 P-384} (the ini file) or
+    C{X25519MLKEM768,X25519} (the C{tlsgate:} endpoint): whitespace and
+    commas both separate.
+
+    Each name is checked against the OpenSSL that serves, so an unknown or
+    misspelt one is refused here, with a near match when there is one.
+    """
+    return check_groups(re.split(r"[\s,]+", text.strip()) if text.strip() else ())

@@ -26,6 +26,7 @@ from tlsgate.config._values import (
     parse_bool,
     parse_choice,
     parse_duration,
+    parse_groups,
     parse_percent,
     parse_positive_int,
 )
@@ -78,6 +79,7 @@ KEYS: dict[str, tuple[str, str, Parse]] = {
     "alpn": ("tls", "alpn", _commas(_alpn)),
     "min_version": ("tls", "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
     "ciphers": ("tls", "ciphers", _cipher_string),
+    "groups": ("tls", "groups", _commas(parse_groups)),
     "session_resumption": ("tls", "session_resumption", parse_bool),
     "session_timeout": ("tls", "session_timeout", parse_duration),
     "handshake_timeout": ("limits", "handshake_timeout", parse_duration),

@@ -43,7 +43,7 @@ from zope.interface import implementer, providedBy
 from zope.interface.declarations import Provides
 from zope.interface.interface import InterfaceClass
 
-from tlsgate.certs import session_reused
+from tlsgate.certs import negotiated_group, session_reused
 from tlsgate.tracker._limits import CloseReason
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class TrackedProtocol(Protocol):
 
     @ivar generation: the certificate generation the connection was made under.
     @ivar reason: why it closed (or is closing), once known.
+    @ivar group: the key exchange group of its handshake, once done (C{None}:
+        none, as in a TLS 1.2 resumption, or not TLS).
     """
 
     # Slots keep the per-connection cost small (see docs/benchmarks.md).
@@ -95,7 +97,7 @@ class TrackedProtocol(Protocol):
         "__provides__", "_aborting", "_active", "_bucket", "_finished", "_handshake_from",
         "_last", "_last_out", "_lifetime_at",
         "_quiet_deadline", "_rotation", "_timer", "_tls", "bytes_in", "bytes_out",
-        "closing", "connected", "generation", "handshake_done", "identity", "peer", "reason",
+        "closing", "connected", "generation", "group", "handshake_done", "identity", "peer", "reason",
         "started", "tracker", "transport", "wrapped",
     )  # fmt: skip
 
@@ -117,6 +119,7 @@ class TrackedProtocol(Protocol):
         self.identity: Any = None
         self.closing = False
         self.handshake_done = False
+        self.group: str | None = None
         self._tls = False
         self._active = False
         self._last_out = True
@@ -155,6 +158,8 @@ class TrackedProtocol(Protocol):
             tracker.handshakes_resumed += 1
         else:
             tracker.handshakes_full += 1
+        self.group = group = negotiated_group(self.transport)
+        tracker.handshakes_by_group[group or "none"] += 1
         self._begin()
         if IHandshakeListener.providedBy(self.wrapped):
             self.wrapped.handshakeCompleted()

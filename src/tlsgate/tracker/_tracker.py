@@ -67,6 +67,7 @@ class ConnectionInfo:
     sni: str | None
     closing: bool
     identity: str | None = None
+    group: str | None = None
 
 
 @implementer(IProtocolFactory)
@@ -122,6 +123,10 @@ class ConnectionTracker:
         self.handshakes_full = 0
         self.handshakes_resumed = 0
         self.handshakes_failed = 0
+        #: Completed handshakes by key exchange group ("none": no key
+        #: exchange, a TLS 1.2 resumption), so operators see how much
+        #: traffic is post-quantum.
+        self.handshakes_by_group: Counter[str] = Counter()
         self.bytes_in_closed = 0
         self.bytes_out_closed = 0
         self.closed: Counter[CloseReason] = Counter()
@@ -357,6 +362,7 @@ class ConnectionTracker:
                     bytes_in=c.bytes_in, bytes_out=c.bytes_out,
                     generation=c.generation, sni=sni, closing=c.closing,
                     identity=c.identity.describe() if c.identity else None,
+                    group=c.group,
                 )
             )  # fmt: skip
         return out
@@ -366,6 +372,10 @@ class ConnectionTracker:
         live_in = sum(c.bytes_in for c in self.connections)
         live_out = sum(c.bytes_out for c in self.connections)
         return self.bytes_in_closed + live_in, self.bytes_out_closed + live_out
+
+    def by_group(self) -> Counter[str]:
+        """How many live, handshaken connections use each key exchange group."""
+        return Counter(c.group or "none" for c in self.connections if c.handshake_done)
 
     def by_generation(self) -> Counter[int]:
         """How many live connections were made under each certificate generation."""
