@@ -1,6 +1,7 @@
 """
-The order of a graceful stop, in one place so that the single process and a
-supervisor of worker processes stop the same way:
+The order of a graceful stop, in one place (L{GatewayService} runs it; with
+C{workers}, each worker runs it while the supervisor's readiness is already
+false, so the gateway as a whole stops the same way):
 
 1. draining starts: readiness turns false (C{/readyz} answers 503) and the
    service manager hears C{STOPPING=1};
@@ -34,7 +35,7 @@ class StagedDrain:
     C{stopService}); later callers wait for the same run.
 
     The three stages are callables so that the owner decides what they mean:
-    one process closes its own ports, a supervisor tells its workers.
+    a gateway process closes its own ports and drains its own trackers.
 
     @ivar started: whether draining has started (readiness is false from then on).
     """
