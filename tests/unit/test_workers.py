@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -120,7 +121,7 @@ class FakePort:
         self.stopped = True
 
 
-def _binder(reactor: object, listen: str) -> BoundSocket:
+def _binder(reactor: object, listen: str, where: str) -> BoundSocket:
     return BoundSocket(FakePort(), 10, 2)  # type: ignore[arg-type]
 
 
@@ -131,14 +132,13 @@ def _config(workers: int = 2, **listener: Any) -> GatewayConfig:
 
 
 def _supervisor(
-    workers: int = 2,
+    workers: int = 2, drain_delay: float = 0.0
 ) -> tuple[SupervisorService, FakeLauncher, MemoryReactorClock]:
     reactor = MemoryReactorClock()
     launcher = FakeLauncher()
     verifyObject(ILauncher, launcher)
-    s = SupervisorService(
-        _config(workers), reactor, launcher, binder=_binder, rotate_every=0
-    )
+    config = replace(_config(workers), drain_delay=drain_delay)
+    s = SupervisorService(config, reactor, launcher, binder=_binder, rotate_every=0)
     s.startService()
     return s, launcher, reactor
 
@@ -338,3 +338,25 @@ def test_the_service_manager_hears_ready_once_every_worker_serves() -> None:
     s.drain()
     s.drain()
     assert recorder.said == ["ready", "watchdog on", "stopping"]
+
+
+def test_drain_delay_keeps_every_worker_accepting_while_readyz_says_503() -> None:
+    """
+    With C{drain_delay}, readiness is false at once, but the shared sockets
+    stay open (shutting one down stops every worker's copy) and no worker is
+    told to drain until the delay has passed; then all of them are.
+    """
+    s, launcher, clock = _supervisor(drain_delay=2)
+    (server,) = launcher.servers
+    for i, (_, control, _) in enumerate(server.workers):
+        _hello(control, 100 + i)
+    (bound,) = s.sockets.values()
+    s.drain()
+    assert SupervisorView(s).readiness() == "draining"
+    clock.advance(1.9)
+    assert all({"cmd": "drain"} not in _sent(t) for _, _, t in server.workers)
+    assert s.sockets and not server.retired
+    clock.advance(0.1)
+    assert all({"cmd": "drain"} in _sent(t) for _, _, t in server.workers)
+    assert not s.sockets and server.retired
+    assert getattr(bound.port, "stopped", False)

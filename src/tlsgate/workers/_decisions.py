@@ -103,7 +103,7 @@ def merge_metrics(
 def merge_status(workers: list[Mapping[str, Any]]) -> dict[str, Any]:
     """
     The listeners of C{/status} for the whole gateway: connection counts
-    summed over workers; certificates and backends as the first worker
+    (and handshakes by key exchange group) summed over workers; certificates and backends as the first worker
     reports them (every worker serves the same files), backend failures
     summed.
     """
@@ -118,13 +118,22 @@ def merge_status(workers: list[Mapping[str, Any]]) -> dict[str, Any]:
             conns, theirs = mine["connections"], lsn["connections"]
             conns["active"] += theirs["active"]
             conns["accepted"] += theirs["accepted"]
-            for key in ("by_generation", "closed"):
-                for k, n in theirs[key].items():
-                    conns[key][k] = conns[key].get(k, 0) + n
+            for key in ("by_generation", "by_group", "closed"):
+                _add(conns.setdefault(key, {}), theirs.get(key, {}))
+            if "tls" in mine and "tls" in lsn:
+                _add(
+                    mine["tls"].setdefault("handshakes_by_group", {}),
+                    lsn["tls"].get("handshakes_by_group", {}),
+                )
             failures = {b["backend"]: b["connect_failures"] for b in lsn["backends"]}
             for b in mine["backends"]:
                 b["connect_failures"] += failures.get(b["backend"], 0)
     return listeners
+
+
+def _add(into: dict[str, Any], counts: Mapping[str, Any]) -> None:
+    for k, n in counts.items():
+        into[k] = into.get(k, 0) + n
 
 
 def _copy(value: Any) -> Any:

@@ -20,6 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from tlsgate.errors import ListenError
+from tlsgate.service import server_endpoint
 
 
 @dataclass
@@ -54,24 +55,24 @@ class BoundSocket:
             s.close()
 
 
-def bind(reactor: IReactorCore, description: str) -> BoundSocket:
+def bind(reactor: IReactorCore, description: str, where: str) -> BoundSocket:
     """
     Bind C{description} (any stream server endpoint: tcp, tcp6, unix,
     systemd) and stop reading from it: workers accept, the supervisor only
     holds it. Every worker accepts from this one socket.
 
+    @param where: how errors name the key (file, section and key).
     @raise ListenError: naming the endpoint, when it cannot be bound.
     """
     failures: list[Failure] = []
     ports: list[IListeningPort] = []
     try:
-        endpoint = serverFromString(reactor, description)
+        endpoint = server_endpoint(reactor, description, where)
         endpoint.listen(Factory.forProtocol(Protocol)).addCallbacks(
             ports.append, failures.append
         )
-    except (IndexError, KeyError, ValueError, OSError) as e:
-        # e.g. a systemd: index that socket activation did not pass
-        raise ListenError(f"cannot listen on {description}: {e!r}") from None
+    except (ValueError, OSError) as e:
+        raise ListenError(f"cannot listen on {description}: {e}") from None
     if failures or not ports:
         why = failures[0].getErrorMessage() if failures else "no port"
         raise ListenError(f"cannot listen on {description}: {why}")
@@ -96,7 +97,7 @@ def _reuseport_socket(
     return s
 
 
-def bind_reuseport(reactor: IReactorCore, description: str) -> BoundSocket:
+def bind_reuseport(reactor: IReactorCore, description: str, where: str) -> BoundSocket:
     """
     L{bind}, but a C{tcp:}/C{tcp6:} listener gets one C{SO_REUSEPORT} socket
     per worker, so the kernel hashes connections over them. Kept as the
@@ -107,7 +108,7 @@ def bind_reuseport(reactor: IReactorCore, description: str) -> BoundSocket:
     """
     endpoint = serverFromString(reactor, description)
     if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        return bind(reactor, description)
+        return bind(reactor, description, where)
     family = (
         socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
     )
@@ -120,4 +121,5 @@ def bind_reuseport(reactor: IReactorCore, description: str) -> BoundSocket:
     return BoundSocket(None, first.fileno(), family, [first], endpoint._backlog)
 
 
-Binder = Callable[[IReactorCore, str], BoundSocket]
+#: Binds (reactor, listen description, how errors name the key).
+Binder = Callable[[IReactorCore, str, str], BoundSocket]

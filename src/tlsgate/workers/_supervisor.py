@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succe
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 
+from tlsgate._drain import StagedDrain
 from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate.config import GatewayConfig
 from tlsgate.errors import ListenError
@@ -37,6 +38,11 @@ _log = Logger()
 TICKET_KEY_LIFETIME = 24 * 3600.0
 #: Descriptor numbers the fork server inherits listening sockets at.
 FIRST_LISTEN_FD = 4
+
+
+def _where(config: GatewayConfig, listener: str) -> str:
+    """How a bind error names the key: file, section and key."""
+    return f"{config.source or '<config>'}: [listener:{listener}] listen"
 
 
 class SupervisorService(MultiService):
@@ -77,6 +83,9 @@ class SupervisorService(MultiService):
         self._all_gone: list[Deferred[None]] = []
         self._on_serving: dict[int, list[Callable[[], object]]] = {}
         self.admin: Any = None
+        self._stop = StagedDrain(
+            self.clock, self._announce_drain, self._stop_accepting, self._workers_gone
+        )
         #: Told when the gateway serves, reloads and drains (twistd gives it a
         #: systemd notifier under C{NOTIFY_SOCKET}); workers tell nobody.
         self.notifier: INotifier = NoNotifier()
@@ -86,7 +95,9 @@ class SupervisorService(MultiService):
     def privilegedStartService(self) -> None:
         for lc in self.config.listeners:
             if lc.listen not in self.sockets:
-                self.sockets[lc.listen] = self._bind(self.reactor, lc.listen)
+                self.sockets[lc.listen] = self._bind(
+                    self.reactor, lc.listen, _where(self.config, lc.name)
+                )
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -245,31 +256,40 @@ class SupervisorService(MultiService):
 
     def drain(self) -> Deferred[None]:
         """
-        Every worker drains as a single process does (accepting for
-        C{drain_delay} more, then its connections under C{drain_timeout});
-        fires once none is left. Readiness is false from the first call on.
+        Drain the gateway (L{StagedDrain}): readiness turns false at once and
+        no worker is replaced any more; every worker goes on accepting for
+        C{drain_delay}; then every worker stops accepting and drains its
+        connections under C{drain_timeout}. Fires once no worker is left.
         Idempotent.
         """
-        if not self.draining:
-            self.notifier.stopping()
+        return self._stop.start(self.config.drain_delay, self.config.drain_timeout)
+
+    def _announce_drain(self) -> None:
         self.draining = True
+        self.notifier.stopping()
         for call in self._respawns.values():
             if call.active():
                 call.cancel()
         self._respawns.clear()
         if self._rotation is not None and self._rotation.active():
             self._rotation.cancel()
+
+    def _stop_accepting(self) -> None:
         for w in self.workers:
             w.state = "draining"
             if w.control is not None:
                 w.control.tell("drain")
         # Nothing is to accept any more: once every process lets go of its
-        # copy of a socket, new clients are refused rather than queued.
+        # copy of a socket, new clients are refused rather than queued. (So
+        # this waits for drain_delay: shutting a shared socket down stops
+        # every worker's copy of it at once.)
         for server in self.forkservers.values():
             server.retire()
         for bound in self.sockets.values():
             bound.close()
         self.sockets.clear()
+
+    def _workers_gone(self, timeout: float) -> Deferred[None]:
         if not self.workers:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -296,11 +316,12 @@ class SupervisorService(MultiService):
         @raise ListenError: before anything changed, when a new socket
             cannot be bound.
         """
-        wanted = {lc.listen for lc in config.listeners}
+        wanted = {lc.listen: lc.name for lc in config.listeners}
         fresh: dict[str, BoundSocket] = {}
         try:
-            for listen in wanted - set(self.sockets):
-                fresh[listen] = self._bind(self.reactor, listen)
+            for listen in set(wanted) - set(self.sockets):
+                where = _where(config, wanted[listen])
+                fresh[listen] = self._bind(self.reactor, listen, where)
         except ListenError:
             for bound in fresh.values():
                 bound.close()
@@ -310,7 +331,7 @@ class SupervisorService(MultiService):
         if on_serving is not None:
             self._on_serving.setdefault(self.generation + 1, []).append(on_serving)
         self._start_generation(config, "new config")
-        for listen in set(self.sockets) - wanted:
+        for listen in set(self.sockets) - set(wanted):
             self.sockets.pop(listen).close()
             changes.append(f"released {listen}")
         changes.append(

@@ -150,7 +150,8 @@ class Worker:
             ok, result = reload_now(self.gateway)
             return {"ok": ok, "result": result}
         if command == "drain":
-            self.stop("the supervisor asked")
+            # The supervisor has already waited drain_delay for the gateway.
+            self.stop("the supervisor asked", delay=0)
             return None
         if command == "retire":
             self.retire(message.get("id"))
@@ -183,10 +184,11 @@ class Worker:
 
         DeferredList(stopped).addCallback(say)
 
-    def stop(self, why: str) -> None:
+    def stop(self, why: str, delay: float | None = None) -> None:
         """
-        Drain (stop accepting, let connections finish for C{drain_timeout}),
-        then exit. A retired worker's longer wait is cut to C{drain_timeout}.
+        Drain (accept for C{delay}, by default C{drain_delay}; then stop
+        accepting and let connections finish for C{drain_timeout}), then exit.
+        A retired worker's longer wait is cut to C{drain_timeout}.
         """
         if self.retiring:
             self.retiring = False
@@ -197,7 +199,8 @@ class Worker:
         self.stopping = True
         _log.info("worker {slot}: draining: {why}", slot=self.slot, why=why,
                   event="worker_draining")  # fmt: skip
-        d = self.gateway.stopService()
+        self.gateway.drain(delay=delay)
+        d = self.gateway.stopService()  # joins that drain
         d.addBoth(lambda _: self._exit())
 
     def _exit(self) -> None:
