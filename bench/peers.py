@@ -1051,8 +1051,8 @@ def report(path: str, settings_line: str) -> str:
         f"Medians of {rounds} round(s). {settings_line}",
         f"`*`: some round had more than {OTHER_MAX_PCT:g}% of a core used by other"
         " work (another program, or kernel time charged to none) during the interval."
-        f" `(c)`: the server used less than {SATURATED_PCT:g}% of its core: the figure"
-        " was limited by the client core or the backend, not by the server.",
+        f" `(c)`: the server's core was busy less than {SATURATED_PCT:g}% of the"
+        " time: the client core or the backend set the rate, not the server.",
         "KiB per idle connection: lower is better, so its ratios below 1 are good."
         ' "By server CPU per unit" is the reference\'s server CPU per handshake,'
         " request or MB over tlsgate's: the ratio the rates would have if each"
