@@ -1045,6 +1045,20 @@ def report(path: str, settings_line: str) -> str:
                 for fig in ("ecdsa", "rsa", "ka", "bulk", "idle")
             ]
             out.append(f"| {LABELS[s]} | " + " | ".join(row) + " |")
+    errors = [
+        f"{LABELS[srv]} {fig}: {sum(r.get('errors') or 0 for r in rs)}"
+        for (srv, fig), rs in sorted(cells.items())
+        if any(r.get("errors") for r in rs)
+    ]
+    failed = [
+        f"{LABELS[srv]}: {sum(r.get('failed') or 0 for r in rs)}"
+        for (srv, fig), rs in sorted(cells.items())
+        if fig == "idle" and any(r.get("failed") for r in rs)
+    ]
+    if errors:
+        out += ["", "Errors reported by the load generators: " + "; ".join(errors)]
+    if failed:
+        out += ["", "Idle connections that failed to open: " + "; ".join(failed)]
     rounds = max((len(v) for v in cells.values()), default=0)
     out += [
         "",
@@ -1266,7 +1280,13 @@ def main(argv: list[str] | None = None) -> int:
         return idle_client(a)
     s = settings(a)
     if a.report:
-        print(report(a.report, settings_line(s)))
+        # The settings of the run that wrote the file, from its machine.txt.
+        line = settings_line(s)
+        saved = os.path.join(os.path.dirname(a.report), "machine.txt")
+        if os.path.exists(saved):
+            with open(saved) as f:
+                line = f.read().strip().splitlines()[-1]
+        print(report(a.report, line))
         return 0
     check_tools(s)
     if len(os.sched_getaffinity(0)) < 2 or os.cpu_count() in (None, 1):
