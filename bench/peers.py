@@ -54,15 +54,18 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
-import hstool  # noqa: E402  (CPU accounting and the TLS fetch of handshakes.sh)
+import hstool  # noqa: E402  (the CPU accounting of handshakes.sh)
 
 HOST = "127.0.0.1"
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-SERVERS = ["tlsgate", "bare", "hitch", "haproxy", "nginx"]
+SERVERS = ["tlsgate", "bare", "portforward", "hitch", "haproxy", "nginx"]
+# portforward (Twisted's stock forwarder, bench/portforward.py) runs when named.
+DEFAULT_SERVERS = [s for s in SERVERS if s != "portforward"]
 LABELS = {
     "tlsgate": "tlsgate (twistd -n tlsgate --config)",
     "bare": "bare Twisted forwarder, static context",
+    "portforward": "twisted.protocols.portforward, static context",
     "hitch": "hitch",
     "haproxy": "HAProxy",
     "nginx": "nginx stream",
@@ -362,6 +365,12 @@ session_resumption = off
             argv = [twistd, "-n", "--pidfile", self.path(f"{tag}.pid"),
                     "--logfile", log, "tlsgate", "--config", ini]  # fmt: skip
             env = py_env
+        elif name == "portforward":
+            argv = [sys.executable, os.path.join(BENCH, "portforward.py"),
+                    "--cert", cert, "--key", keyf,
+                    "--listen", f"tcp:{port}:interface={HOST}:backlog=4096",
+                    "--backend", backend]  # fmt: skip
+            env = py_env
         elif name == "bare":
             argv = [sys.executable, os.path.join(BENCH, "gateway_variant.py"),
                     "--variant", "static", "--cert", cert, "--key", keyf,
@@ -448,8 +457,8 @@ stream {{
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        first = hstool._fetch(port, ctx, None)
-        second = hstool._fetch(port, ctx, first["session"])
+        first = fetch(port, ctx, None)
+        second = fetch(port, ctx, first["session"])
         from cryptography import x509
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -793,6 +802,33 @@ def summarize_profile(path: str, title: str, top: int = 25) -> str:
             f" | {100 * b[1] / total:.1f} |"
         )
     return "\n".join(lines)
+
+
+def fetch(port: int, ctx: ssl.SSLContext, session: Any) -> dict[str, Any]:
+    """
+    One connection: handshake, C{GET /small} with C{Connection: close}, read
+    to EOF. Like hstool's, but it takes the handshake's facts before reading,
+    since a server that ends without close_notify (Twisted's portforward)
+    leaves an C{SSLSocket} that no longer answers C{getpeercert}.
+    """
+    with socket.create_connection((HOST, port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            cipher = s.cipher()
+            facts = {
+                "version": s.version(),
+                "cipher": cipher[0] if cipher else None,
+                "leaf": s.getpeercert(binary_form=True),
+                "reused": s.session_reused,
+            }
+            s.sendall(
+                b"GET /small HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            body = b""
+            while chunk := s.recv(65536):
+                body += chunk
+            # Tickets, if any, come after the handshake: reading to EOF saw them.
+            facts.update(body=body, session=s.session)
+            return facts
 
 
 def read_line(proc: subprocess.Popen[bytes], seconds: float) -> str:
@@ -1181,7 +1217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 1 round, 3 s per cell, 1 s warm-up")  # fmt: skip
     p.add_argument("--only", default="",
                    help="comma-separated servers and/or figures to run: "
-                   f"{','.join(SERVERS)}; {','.join(FIGURES)} (default: all)")  # fmt: skip
+                   f"{','.join(SERVERS)}; {','.join(FIGURES)} (default: all"
+                   " but portforward)")  # fmt: skip
     p.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
     p.add_argument("--duration", type=float, help="seconds per cell (default 10)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up (default 2)")
@@ -1220,7 +1257,7 @@ def settings(a: argparse.Namespace) -> Settings:
         raise SystemExit(
             f"--only: unknown {', '.join(unknown)}; known: {SERVERS + FIGURES}"
         )
-    servers = [s for s in SERVERS if s in only] or list(SERVERS)
+    servers = [s for s in SERVERS if s in only] or list(DEFAULT_SERVERS)
     figures = [f for f in FIGURES if f in only] or list(FIGURES)
     quick = a.quick
     return Settings(
