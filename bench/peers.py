@@ -18,7 +18,8 @@ clients on core 1; the order of the servers is reversed every other round and
 the table gives the median of the rounds. Session tickets are off everywhere:
 C{OPENSSL_CONF=shared/tools/openssl-notickets.cnf} for the C servers,
 C{session_resumption = off} for tlsgate and a no-resumption policy for the
-bare forwarder (C{bench/gateway_variant.py --variant static}).
+bare forwarder (C{bench/gateway_variant.py --variant static}; and, when named
+in C{--only}, Twisted's stock forwarder, C{bench/portforward.py}).
 
 Not a test and not run in CI; see docs/benchmarks.md ("tlsgate beside its
 peers"). Usually started as C{bench/peers.sh [options]}.
