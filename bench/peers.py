@@ -1043,9 +1043,22 @@ def report(path: str, settings_line: str) -> str:
         by_cpu = ratio(
             value(ref, fig, "cpu_us_per_unit"), value(t, fig, "cpu_us_per_unit")
         )
+        said = verdict(r, goal)
+        if said != "-":
+            said += noisy(t, ref, fig)
+            # A client-bound rate understates the faster server: then the
+            # CPU per unit says more, and the verdict gives both.
+            bound = [
+                n for n in (t, ref) if "(c)" in flags(cells.get((n, fig), []), True)
+            ]
+            if bound and by_cpu != "-":
+                said += (
+                    f"; by CPU {verdict(by_cpu, goal)}"
+                    f" ({', '.join(bound)} client-bound)"
+                )
         goals.append(
             f"| {text} | {r} | {paired(cells, t, ref, fig)} | {by_cpu}"
-            f" | >= {goal}x | {verdict(r, goal)}{noisy(t, ref, fig) if r != '-' else ''} |"
+            f" | >= {goal}x | {said} |"
         )
     p99 = value(t, "ka", "p99_ms")
     goals.append(
