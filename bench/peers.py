@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,28 +55,16 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
 import hstool  # noqa: E402  (the CPU accounting of handshakes.sh)
+from peers_report import (  # noqa: E402
+    DEFAULT_SERVERS,
+    FIGURES,
+    SERVERS,
+    report,
+    summarize_profile,
+)
 
 HOST = "127.0.0.1"
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-SERVERS = ["tlsgate", "bare", "portforward", "hitch", "haproxy", "nginx"]
-# portforward (Twisted's stock forwarder, bench/portforward.py) runs when named.
-DEFAULT_SERVERS = [s for s in SERVERS if s != "portforward"]
-LABELS = {
-    "tlsgate": "tlsgate (twistd -n tlsgate --config)",
-    "bare": "bare Twisted forwarder, static context",
-    "portforward": "twisted.protocols.portforward, static context",
-    "hitch": "hitch",
-    "haproxy": "HAProxy",
-    "nginx": "nginx stream",
-}
-FIGURES = ["ecdsa", "rsa", "ka", "bulk", "idle"]
-# A measured interval in which anything but the server, the client and the
-# backend used more than this share of a core is marked noisy (*).
-OTHER_MAX_PCT = 10.0
-# A throughput figure whose server used less than this share of its core was
-# limited by something else (the client core, the backend): marked (c).
-SATURATED_PCT = 90.0
 
 
 class BenchError(RuntimeError):
@@ -261,12 +248,12 @@ class Bench:
                 for part in (cert, keyf):
                     with open(part, "rb") as f:
                         out.write(f.read())
-            for f in (cert, keyf, pem):
-                os.chmod(f, 0o644)  # hitch's worker may run as another user
+            for name in (cert, keyf, pem):
+                os.chmod(name, 0o644)  # hitch's worker may run as another user
                 # As old as a deployed certificate: the reloading factory
                 # re-reads files changed within the last 2 s on every connection.
                 past = time.time() - 3600
-                os.utime(f, (past, past))
+                os.utime(name, (past, past))
             self.certs[key] = (cert, keyf, pem)
 
     def build_hsload(self) -> None:
@@ -639,7 +626,8 @@ stream {{
             open_s = time.monotonic() - t0
             m = re.match(r"open (\d+) failed (\d+)", line)
             if not m:
-                raise BenchError(f"idle client: {line!r} {proc.stderr.read(500)!r}")
+                err = proc.stderr.read(500) if proc.stderr else b""
+                raise BenchError(f"idle client: {line!r} {err!r}")
             opened, failed = int(m[1]), int(m[2])
             if opened < n * 0.99:
                 raise BenchError(f"idle client opened {opened} of {n} connections")
@@ -669,8 +657,11 @@ stream {{
     # -- rounds ----------------------------------------------------------------
 
     def run(self, out: str) -> None:
-        instances = []  # (key, figures measured on that server process)
-        ec_figs = [f for f in ("idle", "ecdsa", "ka", "bulk") if f in self.s.figures]
+        # (key, figures measured on that server process)
+        instances: list[tuple[str, list[str]]] = []
+        ec_figs: list[str] = [
+            f for f in ("idle", "ecdsa", "ka", "bulk") if f in self.s.figures
+        ]
         if ec_figs:
             instances.append(("ecdsa", ec_figs))
         if "rsa" in self.s.figures:
@@ -754,57 +745,6 @@ stream {{
         return "\n\n".join(out)
 
 
-_LINE_NO = re.compile(r":\d+\)$")
-
-
-def summarize_profile(path: str, title: str, top: int = 25) -> str:
-    """
-    A py-spy raw file (collapsed stacks) as two tables: the functions most
-    often on the stack (inclusive) and most often at its top (self), in
-    percent of the samples in which the gateway was running.
-    """
-    inclusive: dict[str, int] = {}
-    self_: dict[str, int] = {}
-    total = 0
-    with open(path) as f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            n = int(count)
-            total += n
-            frames = [_LINE_NO.sub(")", fr) for fr in stack.split(";")]
-            # py-spy puts the process and thread first; skip non-code frames.
-            frames = [fr for fr in frames if "(" in fr]
-            for fr in set(frames):
-                inclusive[fr] = inclusive.get(fr, 0) + n
-            if frames:
-                self_[frames[-1]] = self_.get(frames[-1], 0) + n
-    if not total:
-        return f"{title}: no samples"
-    lines = [
-        f"{title}: {total} samples (py-spy, 250 Hz, Python frames, busy threads only)",
-        "",
-        "| on the stack (inclusive; frames on every stack left out) | %"
-        " | | at the top (self) | % |",
-        "|---|---:|---|---|---:|",
-    ]
-    # Frames on every stack (twistd's start-up, the reactor's loop) say nothing.
-    inc = sorted(
-        ((fr, n) for fr, n in inclusive.items() if n < 0.995 * total),
-        key=lambda kv: -kv[1],
-    )[:top]
-    slf = sorted(self_.items(), key=lambda kv: -kv[1])[:top]
-    for i in range(max(len(inc), len(slf))):
-        a = inc[i] if i < len(inc) else ("", 0)
-        b = slf[i] if i < len(slf) else ("", 0)
-        lines.append(
-            f"| `{a[0]}` | {100 * a[1] / total:.1f} | | `{b[0]}`"
-            f" | {100 * b[1] / total:.1f} |"
-        )
-    return "\n".join(lines)
-
-
 def fetch(port: int, ctx: ssl.SSLContext, session: Any) -> dict[str, Any]:
     """
     One connection: handshake, C{GET /small} with C{Connection: close}, read
@@ -815,7 +755,7 @@ def fetch(port: int, ctx: ssl.SSLContext, session: Any) -> dict[str, Any]:
     with socket.create_connection((HOST, port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
             cipher = s.cipher()
-            facts = {
+            facts: dict[str, Any] = {
                 "version": s.version(),
                 "cipher": cipher[0] if cipher else None,
                 "leaf": s.getpeercert(binary_form=True),
@@ -898,7 +838,8 @@ def idle_client(args: argparse.Namespace) -> int:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     request = b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n"
-    held, failed = [], 0
+    held: list[ssl.SSLSocket] = []
+    failed = 0
     deadline = time.monotonic() + args.seconds
     while len(held) + failed < args.n and time.monotonic() < deadline:
         try:
@@ -923,207 +864,6 @@ def idle_client(args: argparse.Namespace) -> int:
     for s in held:
         s.close()
     return 0
-
-
-# -- the report ------------------------------------------------------------------
-
-
-def load_results(path: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                cells.setdefault((r["server"], r["figure"]), []).append(r)
-    return cells
-
-
-def med(rs: list[dict[str, Any]], key: str) -> float:
-    xs = [r[key] for r in rs if isinstance(r.get(key), (int, float))]
-    xs = [x for x in xs if not math.isnan(x)]
-    return statistics.median(xs) if xs else math.nan
-
-
-def flags(rs: list[dict[str, Any]], throughput: bool) -> str:
-    f = ""
-    if any(r.get("other_cpu_pct", 0) > OTHER_MAX_PCT for r in rs):
-        f += "*"
-    if throughput and med(rs, "server_core_busy_pct") < SATURATED_PCT:
-        f += "(c)"
-    return f
-
-
-def paired(
-    cells: dict[tuple[str, str], list[dict[str, Any]]], a: str, b: str, fig: str
-) -> str:
-    """A's figure over B's, round by round: median (min-max)."""
-    bs = {r["round"]: r["value"] for r in cells.get((b, fig), [])}
-    xs = sorted(
-        r["value"] / bs[r["round"]]
-        for r in cells.get((a, fig), [])
-        if bs.get(r["round"])
-    )
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}x"
-    return f"{statistics.median(xs):.2f}x ({xs[0]:.2f}-{xs[-1]:.2f})"
-
-
-def fmt(x: float, digits: int = 0) -> str:
-    if math.isnan(x):
-        return "-"
-    return f"{x:,.{digits}f}"
-
-
-def report(path: str, settings_line: str) -> str:
-    cells = load_results(path)
-    servers = [s for s in SERVERS if any(k[0] == s for k in cells)]
-
-    def value(server: str, fig: str, key: str = "value") -> float:
-        return med(cells.get((server, fig), []), key)
-
-    def cell(server: str, fig: str, key: str, digits: int, tp: bool = False) -> str:
-        rs = cells.get((server, fig), [])
-        return fmt(med(rs, key), digits) + (flags(rs, tp) if rs else "")
-
-    out = [
-        "| per server core | ECDSA hs/s | RSA hs/s | keep-alive req/s | ka p50 ms"
-        " | ka p99 ms | bulk MB/s | KiB per idle conn | CPU µs per ECDSA hs"
-        " | CPU µs per RSA hs | CPU µs per ka req | CPU µs per bulk MB |",
-        "|---|" + "---:|" * 11,
-    ]
-    for s in servers:
-        out.append(
-            "| "
-            + " | ".join(
-                [
-                    LABELS[s],
-                    cell(s, "ecdsa", "value", 0, True),
-                    cell(s, "rsa", "value", 0, True),
-                    cell(s, "ka", "value", 0, True),
-                    cell(s, "ka", "p50_ms", 2),
-                    cell(s, "ka", "p99_ms", 2),
-                    cell(s, "bulk", "value", 0, True),
-                    cell(s, "idle", "value", 1),
-                    cell(s, "ecdsa", "cpu_us_per_unit", 0),
-                    cell(s, "rsa", "cpu_us_per_unit", 0),
-                    cell(s, "ka", "cpu_us_per_unit", 1),
-                    cell(s, "bulk", "cpu_us_per_unit", 0),
-                ]
-            )
-            + " |"
-        )
-
-    def ratio(a: float, b: float) -> str:
-        return "-" if math.isnan(a) or math.isnan(b) or not b else f"{a / b:.2f}x"
-
-    def verdict(r: str, goal: float, lower_is_better: bool = False) -> str:
-        if r == "-":
-            return "-"
-        x = float(r.rstrip("x"))
-        ok = x <= goal if lower_is_better else x >= goal
-        return "met" if ok else "missed"
-
-    def noisy(*names_and_fig: str) -> str:
-        *names, fig = names_and_fig
-        rs = [r for n in names for r in cells.get((n, fig), [])]
-        return " (noisy)" if "*" in flags(rs, False) else ""
-
-    t = "tlsgate"
-    goals = []
-    for fig, ref, goal, text in (
-        ("ecdsa", "hitch", 0.65, "ECDSA full handshakes/s vs hitch"),
-        ("rsa", "hitch", 0.80, "RSA-2048 full handshakes/s vs hitch"),
-        ("ka", "hitch", 0.50, "keep-alive requests/s vs hitch"),
-        ("bulk", "haproxy", 1.0, "bulk MB/s vs HAProxy"),
-        ("ecdsa", "bare", 1.2, "ECDSA full handshakes/s vs bare Twisted forwarder"),
-    ):
-        r = ratio(value(t, fig), value(ref, fig))
-        by_cpu = ratio(
-            value(ref, fig, "cpu_us_per_unit"), value(t, fig, "cpu_us_per_unit")
-        )
-        said = verdict(r, goal)
-        if said != "-":
-            said += noisy(t, ref, fig)
-            # A client-bound rate understates the faster server: then the
-            # CPU per unit says more, and the verdict gives both.
-            bound = [
-                n for n in (t, ref) if "(c)" in flags(cells.get((n, fig), []), True)
-            ]
-            if bound and by_cpu != "-":
-                said += (
-                    f"; by CPU {verdict(by_cpu, goal)}"
-                    f" ({', '.join(bound)} client-bound)"
-                )
-        goals.append(
-            f"| {text} | {r} | {paired(cells, t, ref, fig)} | {by_cpu}"
-            f" | >= {goal}x | {said} |"
-        )
-    p99 = value(t, "ka", "p99_ms")
-    goals.append(
-        f"| keep-alive p99 ms | {fmt(p99, 2)} | | | <= 1.0 ms"
-        f" | {'-' if math.isnan(p99) else ('met' if p99 <= 1.0 else 'missed')}"
-        f"{noisy(t, 'ka') if not math.isnan(p99) else ''} |"
-    )
-    kib = value(t, "idle")
-    hap = value("haproxy", "idle")
-    goals.append(
-        f"| KiB per idle TLS connection (HAProxy: {fmt(hap, 1)}) | {fmt(kib, 1)} | |"
-        f" | <= 16 | {'-' if math.isnan(kib) else ('met' if kib <= 16 else 'missed')} |"
-    )
-    out += [
-        "",
-        "| tlsgate's goal (issue 10) | now (medians) | same-round ratios"
-        " | by server CPU per unit | goal | verdict |",
-        "|---|---:|---:|---:|---:|---|",
-        *goals,
-    ]
-
-    refs = [r for r in ("hitch", "haproxy", "bare") if r in servers]
-    if refs:
-        names = " / ".join(LABELS[r] for r in refs)
-        head = ["ECDSA hs/s", "RSA hs/s", "ka req/s", "bulk MB/s", "KiB per idle conn"]
-        out += [
-            "",
-            f"| ratio vs {names} | " + " | ".join(head) + " |",
-            "|---|" + "---:|" * len(head),
-        ]
-        for s in servers:
-            row = [
-                " / ".join(ratio(value(s, fig), value(r, fig)) for r in refs)
-                for fig in ("ecdsa", "rsa", "ka", "bulk", "idle")
-            ]
-            out.append(f"| {LABELS[s]} | " + " | ".join(row) + " |")
-    errors = [
-        f"{LABELS[srv]} {fig}: {sum(r.get('errors') or 0 for r in rs)}"
-        for (srv, fig), rs in sorted(cells.items())
-        if any(r.get("errors") for r in rs)
-    ]
-    failed = [
-        f"{LABELS[srv]}: {sum(r.get('failed') or 0 for r in rs)}"
-        for (srv, fig), rs in sorted(cells.items())
-        if fig == "idle" and any(r.get("failed") for r in rs)
-    ]
-    if errors:
-        out += ["", "Errors reported by the load generators: " + "; ".join(errors)]
-    if failed:
-        out += ["", "Idle connections that failed to open: " + "; ".join(failed)]
-    rounds = max((len(v) for v in cells.values()), default=0)
-    out += [
-        "",
-        f"Medians of {rounds} round(s). {settings_line}",
-        f"`*`: some round had more than {OTHER_MAX_PCT:g}% of a core used by other"
-        " work (another program, or kernel time charged to none) during the interval."
-        f" `(c)`: the server's core was busy less than {SATURATED_PCT:g}% of the"
-        " time: the client core or the backend set the rate, not the server.",
-        "KiB per idle connection: lower is better, so its ratios below 1 are good."
-        ' "By server CPU per unit" is the reference\'s server CPU per handshake,'
-        " request or MB over tlsgate's: the ratio the rates would have if each"
-        " server had its core to itself, which neither a client-bound cell nor"
-        " other work on the machine skews as much as the rates.",
-    ]
-    return "\n".join(out)
 
 
 # -- the machine -------------------------------------------------------------------
