@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-
-@dataclass(frozen=True)
-class Pair:
-    """A leaf certificate chain and key as PEM bytes, with the leaf's fingerprint."""
-
-    chain: bytes
-    key: bytes
-
-    @property
-    def fingerprint(self) -> str:
-        leaf = x509.load_pem_x509_certificates(self.chain)[0]
-        return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
+from tlsgate.testing import CertificatePair as Pair
 
 
 def make_pair(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import trustme
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -16,7 +14,6 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.helpers import make_pair, write
 from tlsgate._drain import StagedDrain
 from tlsgate._reconfigure import reconfigure
 from tlsgate._sdnotify import INotifier
@@ -53,14 +50,6 @@ def ini(tmp: Path, gateway: str) -> str:
         f"[listener:web]\nlisten = tcp:8443\nbackend = tcp:127.0.0.1:9\n"
         f"cert = {tmp / 'c.pem'}\nkey = {tmp / 'k.pem'}\n"
     )
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Path:
-    pair = make_pair(trustme.CA())
-    write(tmp_path / "c.pem", pair.chain)
-    write(tmp_path / "k.pem", pair.key)
-    return tmp_path
 
 
 def start(

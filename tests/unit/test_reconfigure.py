@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import trustme
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.helpers import make_pair, write
 from tlsgate._reconfigure import reconfigure
 from tlsgate.config import parse_config
 from tlsgate.errors import CertificateError
@@ -22,14 +19,6 @@ def ini(tmp: Path, *listeners: tuple[str, int, str], idle: str = "5m") -> str:
         f"cert = {cert}\nkey = {tmp / 'k.pem'}\nidle_timeout = {idle}\n"
         for name, port, cert in listeners
     )
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Path:
-    pair = make_pair(trustme.CA())
-    write(tmp_path / "c.pem", pair.chain)
-    write(tmp_path / "k.pem", pair.key)
-    return tmp_path
 
 
 def start(tmp: Path, text: str) -> tuple[GatewayService, MemoryReactorClock]:
