@@ -138,6 +138,12 @@ async def reconfigure(
     if new.log_format != gateway.config.log_format:
         changes.append("log_format: a change needs a restart; kept the old one")
         new = replace(new, log_format=gateway.config.log_format)
+    if new.workers != gateway.config.workers:
+        changes.append(
+            f"workers: going from {gateway.config.workers} to {new.workers} worker"
+            " processes needs a restart; kept one process"
+        )
+        new = replace(new, workers=gateway.config.workers)
     if new.drain_delay != gateway.config.drain_delay:
         changes.append(f"drain_delay: now {new.drain_delay:g}s")
     if new.drain_timeout != gateway.config.drain_timeout:

@@ -63,12 +63,12 @@ def test_p384_only_and_post_quantum_only_clients_connect(site: Site) -> None:
     assert echo_with_groups(site, b"X25519MLKEM768") == b"ping"
     _, metrics = get(admin, "/metrics")
     by_group = "tlsgate_handshakes_by_group_total"
-    assert metric(metrics, by_group, listener="web", group="secp384r1") == 1
+    assert metric(metrics, by_group, listener="web", group="P-384") == 1
     assert metric(metrics, by_group, listener="web", group="X25519MLKEM768") == 2
     _, body = get(admin, "/status")
     tls = json.loads(body)["listeners"]["web"]["tls"]
     assert tls["groups"] == ["X25519MLKEM768", "X25519", "P-256", "P-384"]
-    assert tls["handshakes_by_group"] == {"X25519MLKEM768": 2, "secp384r1": 1}
+    assert tls["handshakes_by_group"] == {"X25519MLKEM768": 2, "P-384": 1}
 
 
 def test_an_open_connection_shows_its_group_in_status(site: Site) -> None:
@@ -79,7 +79,7 @@ def test_an_open_connection_shows_its_group_in_status(site: Site) -> None:
         assert echo(conn) == b"ping"
         _, body = get(admin, "/status")
         connections = json.loads(body)["listeners"]["web"]["connections"]
-        assert connections["by_group"] == {"secp384r1": 1}
+        assert connections["by_group"] == {"P-384": 1}
     finally:
         conn.close()
 

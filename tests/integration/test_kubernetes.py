@@ -86,7 +86,9 @@ def test_the_parts_fit_together() -> None:
     assert ready["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert ready["periodSeconds"] * ready["failureThreshold"] * 2 <= ini.drain_delay
     grace = pod["terminationGracePeriodSeconds"]
-    assert grace >= ini.drain_delay + ini.drain_timeout + 5
+    (web_limits,) = [lc.limits for lc in ini.listeners]
+    longest = ini.drain_delay + ini.drain_timeout + 2 * web_limits.close_grace
+    assert grace >= longest + 5
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
     # Config and certificate mounts: directories (renewals show), read-only.

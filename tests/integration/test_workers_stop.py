@@ -5,6 +5,7 @@ exit status 0; killing the supervisor leaves no orphaned worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -77,3 +78,39 @@ def test_sigterm_cuts_short_a_retired_workers_long_wait(site: Site) -> None:
             assert gateway.stop(signal.SIGTERM) == 0
             assert time.monotonic() - started < 10
     wait_until(lambda: not _alive(family + children(gateway.proc.pid)), timeout=10)
+
+
+def test_a_sighup_during_the_drain_does_not_hold_the_stop_up(site: Site) -> None:
+    """
+    SIGTERM, then (past drain_delay, while a connection still drains) a
+    SIGHUP with a changed config: the config is refused, no listener is bound
+    again, and the gateway still ends with exit 0 and no process left.
+    """
+    import socket
+    import time
+
+    from tests.integration.conftest import recv_exactly
+
+    admin = free_port()
+    settings = {"workers": "2", "drain_delay": "500ms", "drain_timeout": "3s",
+                "admin": f"tcp:{admin}:interface=127.0.0.1"}  # fmt: skip
+    gateway = site.start(**settings)
+    wait_until(lambda: ready(admin), what="readyz")
+    family = children(gateway.proc.pid)
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as raw:
+        with site.client_context().wrap_socket(
+            raw, server_hostname="localhost"
+        ) as held:
+            held.sendall(b"a")
+            assert recv_exactly(held, 1) == b"a"
+            gateway.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # past drain_delay: the listeners are closed
+            site.ini(**settings, idle_timeout="1h")
+            gateway.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "draining; a new config is not applied" in gateway.log,
+                       what="the refusal")  # fmt: skip
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", site.port), timeout=1).close()
+                raise AssertionError("the listener was bound again while draining")
+    assert gateway.stop(signal.SIGTERM, timeout=20) == 0, gateway.log[-3000:]
+    wait_until(lambda: not _alive(family), timeout=10, what="every process to end")

@@ -90,3 +90,13 @@ def test_removed_listener_is_retired_until_its_connections_end(tmp: Path) -> Non
     assert "api" not in gateway.listeners
     assert gateway.retired == [api]
     assert not api.service.listening
+
+
+def test_a_change_of_workers_is_said_to_need_a_restart(tmp: Path) -> None:
+    """One process cannot become several by SIGHUP: it says so, not "nothing changed"."""
+    cert = str(tmp / "c.pem")
+    gateway, reactor = start(tmp, ini(tmp, ("web", 8443, cert)))
+    text = "[gateway]\nworkers = 2\n" + ini(tmp, ("web", 8443, cert))
+    changes = apply(gateway, tmp, text, reactor)
+    assert any(c.startswith("workers: ") and "needs a restart" in c for c in changes)
+    assert gateway.config.workers == 1

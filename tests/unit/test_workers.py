@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -19,6 +20,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tlsgate.config import GatewayConfig, ListenerConfig
+from tlsgate.errors import TlsgateError
 from tlsgate.workers import (
     Backoff,
     IForkServer,
@@ -360,3 +362,32 @@ def test_drain_delay_keeps_every_worker_accepting_while_readyz_says_503() -> Non
     assert all({"cmd": "drain"} in _sent(t) for _, _, t in server.workers)
     assert not s.sockets and server.retired
     assert getattr(bound.port, "stopped", False)
+
+
+def test_a_workers_last_counts_and_generations_are_kept_when_it_exits() -> None:
+    """
+    A worker that drains and exits between two scrapes says what it counted
+    on its way out; the gateway's counters keep it, and the next fork server
+    numbers certificates on from the highest generation any worker reported.
+    """
+    s, launcher, _ = _supervisor()
+    (server,) = launcher.servers
+    _hello(server.workers[0][1], 100)
+    sample = ["tlsgate_connections_total", {"listener": "web"}, 7.0]
+    final = {"metrics": [{"name": "tlsgate_connections", "documentation": "",
+                          "type": "counter", "samples": [sample]}],
+             "generations": {"web": 3}}  # fmt: skip
+    server.workers[0][1].dataReceived(json.dumps({"final": final}).encode() + b"\n")  # type: ignore[attr-defined]
+    _lose(server.workers[0][1])
+    assert sum(s.retired.values()) == 7.0
+    s.apply(_config(2, sni_strict=True))
+    assert launcher.servers[-1].setup.first_generation == {"web": 4}
+
+
+def test_a_sighup_while_draining_is_refused_and_starts_nothing() -> None:
+    s, launcher, _ = _supervisor()
+    s.drain()
+    with pytest.raises(TlsgateError):
+        s.apply(_config(2, sni_strict=True))
+    s.rotate()
+    assert len(launcher.servers) == 1

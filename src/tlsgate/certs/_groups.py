@@ -97,11 +97,25 @@ def set_groups(ctx: SSL.Context, groups: tuple[str, ...]) -> None:
         raise SSL.Error(f"OpenSSL refused the key exchange groups {groups!r}")
 
 
+#: OpenSSL's names for the groups the C{groups} key usually names: metric
+#: labels and /status use the key's spelling, so that C{groups = P-256}
+#: matches C{group="P-256"}. Other groups keep OpenSSL's name.
+_CONFIG_NAMES = {
+    "x25519": "X25519",
+    "x448": "X448",
+    "secp256r1": "P-256",
+    "prime256v1": "P-256",
+    "secp384r1": "P-384",
+    "secp521r1": "P-521",
+}
+
+
 def negotiated_group(transport: object) -> str | None:
     """
     The key exchange group of the handshake of the TLS connection under
-    C{transport} (C{X25519MLKEM768}, C{x25519}, C{secp384r1}...), or C{None}
-    when there was none (a TLS 1.2 resumption) or OpenSSL cannot tell.
+    C{transport}, spelt as the C{groups} key spells it (C{X25519MLKEM768},
+    C{X25519}, C{P-256}, C{P-384}...), or C{None} when there was none (a
+    TLS 1.2 resumption) or OpenSSL cannot tell.
 
     Called once per handshake, never per chunk.
     """
@@ -112,4 +126,5 @@ def negotiated_group(transport: object) -> str | None:
     name = _group_name(ssl)
     if name == _ffi.NULL:
         return None
-    return str(_ffi.string(name).decode("ascii", "replace"))
+    found = str(_ffi.string(name).decode("ascii", "replace"))
+    return _CONFIG_NAMES.get(found, found)

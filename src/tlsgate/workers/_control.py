@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from tlsgate.workers._decisions import SampleKey
+from tlsgate.workers._decisions import SampleKey, counter_samples
 from tlsgate.workers._wire import MAX_LINE, decode, encode
 
 if TYPE_CHECKING:
@@ -75,6 +75,13 @@ class WorkerControl(LineReceiver):
             return
         if "hello" in message:
             self.supervisor.worker_ready(self.handle, message["hello"])
+            return
+        if "final" in message:
+            # A worker about to exit: what it counted since the last scrape
+            # is kept, so the gateway's counters lose nothing.
+            final = message["final"]
+            self.handle.counters = counter_samples(final.get("metrics", []))
+            self.supervisor.note_generations(final.get("generations", {}))
             return
         pending = self._pending.pop(message.get("id", -1), None)
         if pending is not None:

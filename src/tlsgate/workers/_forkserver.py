@@ -83,7 +83,8 @@ def main() -> int:
 
     try:
         certificates = {
-            lc.name: build_certificates(lc) for lc in setup.config.listeners
+            lc.name: build_certificates(lc, setup.first_generation.get(lc.name, 1))
+            for lc in setup.config.listeners
         }
     except TlsgateError as e:
         _say(f"cannot start: {e}", "forkserver_failed", json_lines, "error")

@@ -72,10 +72,10 @@ def bind(reactor: IReactorCore, description: str, where: str) -> BoundSocket:
             ports.append, failures.append
         )
     except (ValueError, OSError) as e:
-        raise ListenError(f"cannot listen on {description}: {e}") from None
+        raise ListenError(f"{where} = {description}: cannot listen: {e}") from None
     if failures or not ports:
         why = failures[0].getErrorMessage() if failures else "no port"
-        raise ListenError(f"cannot listen on {description}: {why}")
+        raise ListenError(f"{where} = {description}: cannot listen: {why}")
     port = ports[0]
     port.stopReading()  # type: ignore[attr-defined]
     return BoundSocket(port, port.fileno(), int(port.addressFamily))  # type: ignore[attr-defined]
@@ -117,7 +117,9 @@ def bind_reuseport(reactor: IReactorCore, description: str, where: str) -> Bound
             family, (endpoint._interface or "", endpoint._port), endpoint._backlog
         )
     except OSError as e:
-        raise ListenError(f"cannot listen on {description}: {e.strerror}") from None
+        raise ListenError(
+            f"{where} = {description}: cannot listen: {e.strerror}"
+        ) from None
     return BoundSocket(None, first.fileno(), family, [first], endpoint._backlog)
 
 

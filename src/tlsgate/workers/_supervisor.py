@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from tlsgate._drain import StagedDrain
 from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate.config import GatewayConfig
-from tlsgate.errors import ListenError
+from tlsgate.errors import ListenError, TlsgateError
 from tlsgate.workers._control import WorkerControl, WorkerHandle
 from tlsgate.workers._decisions import Backoff, SampleKey
 from tlsgate.workers._launcher import IForkServer, ILauncher
@@ -83,6 +83,9 @@ class SupervisorService(MultiService):
         self._all_gone: list[Deferred[None]] = []
         self._on_serving: dict[int, list[Callable[[], object]]] = {}
         self.admin: Any = None
+        #: The highest certificate generation workers reported, per listener.
+        self.certificate_generations: dict[str, int] = {}
+        self._said_ready = False
         self._stop = StagedDrain(
             self.clock, self._announce_drain, self._stop_accepting, self._workers_gone
         )
@@ -107,7 +110,13 @@ class SupervisorService(MultiService):
         self._start_generation(self.config, "start")
 
     def _start_generation(self, config: GatewayConfig, why: str) -> None:
-        """A new fork server (so new ticket keys) and a full set of workers."""
+        """
+        A new fork server (so new ticket keys) and a full set of workers;
+        nothing once draining (no worker would serve, and the new fork server
+        would hold the stop up).
+        """
+        if self.draining:
+            return
         for call in self._respawns.values():  # the new generation fills every slot
             if call.active():
                 call.cancel()
@@ -129,7 +138,8 @@ class SupervisorService(MultiService):
                     number = next(numbers)
                     fds[number] = bound.fd_for(slot)
                     per_slot[lc.name].append(number)
-        setup = ForkServerSetup(config, sockets, self.generation, per_slot)
+        first = {name: n + 1 for name, n in self.certificate_generations.items()}
+        setup = ForkServerSetup(config, sockets, self.generation, per_slot, first)
         old = [g for g in self.forkservers if g != self.generation]
         server = self._launcher.start(setup, fds)
         generation = self.generation
@@ -174,6 +184,7 @@ class SupervisorService(MultiService):
     def worker_ready(self, handle: WorkerHandle, hello: dict[str, Any]) -> None:
         handle.pid = hello.get("pid")
         handle.listening = frozenset(hello.get("listening", ()))
+        self.note_generations(hello.get("generations", {}))
         if self.draining or handle.generation != self.generation:
             handle.state = "draining"
             if handle.control is not None:
@@ -188,6 +199,12 @@ class SupervisorService(MultiService):
             range(self.config.workers)
         ):
             self._drain_older()
+
+    def note_generations(self, generations: dict[str, int]) -> None:
+        """A worker's certificate generations (from its hello and reports)."""
+        for name, n in generations.items():
+            if n > self.certificate_generations.get(name, 0):
+                self.certificate_generations[name] = n
 
     def _drain_older(self) -> None:
         """
@@ -213,7 +230,9 @@ class SupervisorService(MultiService):
                       generation=generation, event="workers_generation_serving")  # fmt: skip
             for callback in callbacks:
                 callback()
-            if not self.draining:
+            # READY=1 once, at start; a SIGHUP's comes from its handler.
+            if not self.draining and not self._said_ready:
+                self._said_ready = True
                 self.notifier.ready()
                 self.notifier.start_watchdog()
 
@@ -249,6 +268,7 @@ class SupervisorService(MultiService):
                        " starting a new one", generation=generation,
                        event="forkserver_died")  # fmt: skip
             delay = self.backoff.died(-1, 0.0)
+            self.restarts += 1
             self.clock.callLater(delay, self._start_generation, self.config,
                                  "the fork server ended")  # fmt: skip
 
@@ -315,7 +335,10 @@ class SupervisorService(MultiService):
 
         @raise ListenError: before anything changed, when a new socket
             cannot be bound.
+        @raise TlsgateError: when draining (nothing new is served then).
         """
+        if self.draining:
+            raise TlsgateError("the gateway is draining; a new config is not applied")
         wanted = {lc.listen: lc.name for lc in config.listeners}
         fresh: dict[str, BoundSocket] = {}
         try:

@@ -58,6 +58,7 @@ class SupervisorView:
         def keep(answers: list[tuple[WorkerHandle, dict[str, Any]]]) -> Any:
             for w, report in answers:
                 w.counters = counter_samples(report.get("metrics", []))
+                self.supervisor.note_generations(report.get("generations", {}))
             return answers
 
         return self._ask("report").addCallback(keep)

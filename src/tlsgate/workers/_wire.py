@@ -49,6 +49,9 @@ class ForkServerSetup:
     generation: int
     #: With SO_REUSEPORT (an experiment): per listener, one descriptor per slot.
     per_slot: dict[str, list[int]] = field(default_factory=dict)
+    #: Per listener, the certificate generation to number from (one more than
+    #: the highest the workers before reported), so numbers never go back.
+    first_generation: dict[str, int] = field(default_factory=dict)
 
     def descriptors(self) -> list[int]:
         """Every listening descriptor inherited."""

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -50,6 +51,8 @@ _log = Logger()
 #: last, up to one rotation period, so at most two generations overlap.
 #: SIGTERM cuts it to drain_timeout.
 RETIRED_LIMIT = 24 * 3600.0
+#: How often a retired worker looks at its certificate files (seconds).
+FILE_CHECK_INTERVAL = 5.0
 
 
 @implementer(IStreamServerEndpoint)
@@ -126,6 +129,7 @@ class Worker:
         self.stopping = False
         self.retiring = False
         self.control: WorkerControl | None = None
+        self._files: LoopingCall | None = None
 
     def hello(self) -> dict[str, Any]:
         return {
@@ -134,18 +138,27 @@ class Worker:
             "listening": sorted(
                 n for n, lsn in self.gateway.listeners.items() if lsn.service.listening
             ),
+            "generations": self.generations(),
         }
 
+    def report(self) -> dict[str, Any]:
+        """Its metrics and certificate generations, for the supervisor to sum."""
+        from tlsgate.admin import GatewayCollector
+
+        families = list(GatewayCollector(lambda: self.gateway.listeners).collect())
+        return {"metrics": metric_families(families), "generations": self.generations()}
+
+    def generations(self) -> dict[str, int]:
+        """Each listener's certificate generation, so that the next fork
+        server's numbers go on from these rather than start again at 1."""
+        return {n: lsn.contexts.generation for n, lsn in self.gateway.listeners.items()}
+
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        from tlsgate.admin import GatewayCollector, gateway_status, reload_now
+        from tlsgate.admin import gateway_status, reload_now
 
         command = message.get("cmd")
         if command == "report":
-            families = list(GatewayCollector(lambda: self.gateway.listeners).collect())
-            return {
-                "status": gateway_status(self.gateway),
-                "metrics": metric_families(families),
-            }
+            return {"status": gateway_status(self.gateway), **self.report()}
         if command == "reload":
             ok, result = reload_now(self.gateway)
             return {"ok": ok, "result": result}
@@ -181,8 +194,19 @@ class Worker:
                       count=sum(len(lsn.tracker.connections)
                                 for lsn in self.gateway.listeners.values()))  # fmt: skip
             self.gateway.drain(RETIRED_LIMIT, delay=0).addBoth(lambda _: self._exit())
+            # It accepts nothing, so no new connection makes it look at its
+            # certificate files: look every few seconds, so that a renewal
+            # still counts its connections as old (rotation_grace, metrics).
+            self._files = LoopingCall(self.look_at_files)
+            self._files.clock = self.reactor  # type: ignore[assignment]
+            self._files.start(FILE_CHECK_INTERVAL, now=False)
 
         DeferredList(stopped).addCallback(say)
+
+    def look_at_files(self) -> None:
+        """One look at each listener's certificate files (a stat each)."""
+        for lsn in self.gateway.listeners.values():
+            lsn.contexts.getContext()
 
     def stop(self, why: str, delay: float | None = None) -> None:
         """
@@ -208,10 +232,13 @@ class Worker:
         Close the control socket first, so that the log lines still buffered
         for the supervisor are written, then stop the reactor.
         """
+        if self._files is not None and self._files.running:
+            self._files.stop()
         control = self.control
         if control is None or control.transport is None:
             self.reactor.stop()
             return
+        control.sendLine(encode({"final": self.report()})[:-1])
         control.on_lost = self.reactor.stop
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         clock.callLater(5, lambda: control.on_lost and control.on_lost())
