@@ -7,6 +7,7 @@ connection closes.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.protocol import Factory
@@ -82,3 +83,26 @@ def test_a_worker_finding_the_cap_reached_elsewhere_pauses_not_resets() -> None:
     assert isinstance(late, TrackedProtocol) and not transport.aborted
     assert not port_b.reading
     assert b.shared is not None and b.shared.total() == 3
+
+
+def test_a_new_generation_counts_the_connections_older_workers_still_hold() -> None:
+    """
+    Workers replaced by a SIGHUP keep their connections: the next
+    generation's region is its own, but its workers read the older one too,
+    through another mapping of the same memory (as a new fork server does).
+    """
+    old = SharedCounts(["web"], slots=2, buckets=64)
+    retired = old.for_worker("web", 0)
+    retired.opened("192.0.2.1")
+    retired.opened("192.0.2.1")
+    new = SharedCounts(["web", "api"], slots=2, buckets=64)
+    inherited = SharedCounts.mapped(old.layout, os.dup(old.fd))
+    mine = new.for_worker("web", 1, older=[inherited])
+    mine.opened("192.0.2.1")
+    assert mine.total() == 3 and mine.of("192.0.2.1") == 3
+    retired.closed("192.0.2.1")
+    assert mine.total() == 2 and mine.of("192.0.2.1") == 2
+    # A listener the older generation did not have counts only its own.
+    assert new.for_worker("api", 0, older=[inherited]).total() == 0
+    for region in (inherited, new, old):
+        region.close()

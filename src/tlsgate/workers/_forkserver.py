@@ -93,7 +93,9 @@ def main() -> int:
         built.contexts.share_sessions()
     from tlsgate.tracker import SharedCounts
 
-    counts = SharedCounts(list(certificates), setup.config.workers)
+    number, layout = setup.counts
+    counts = SharedCounts.mapped(layout, number)
+    older = [SharedCounts.mapped(lay, n) for n, lay in setup.older_counts]
 
     children: set[int] = set()
     while True:
@@ -113,7 +115,7 @@ def main() -> int:
                 control.close()
                 from tlsgate.workers._worker import serve
 
-                serve(int(request["slot"]), fds[0], setup, certificates, counts)
+                serve(int(request["slot"]), fds[0], setup, certificates, counts, older)
                 code = 0
             except BaseException:
                 traceback.print_exc()

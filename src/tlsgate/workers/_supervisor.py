@@ -25,6 +25,8 @@ from tlsgate._drain import StagedDrain
 from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate.config import GatewayConfig
 from tlsgate.errors import ListenError, TlsgateError
+from tlsgate.tracker import SharedCounts
+from tlsgate.tracker._shared import RegionLayout
 from tlsgate.workers._control import WorkerControl, WorkerHandle
 from tlsgate.workers._decisions import Backoff, SampleKey
 from tlsgate.workers._launcher import IForkServer, ILauncher
@@ -83,6 +85,8 @@ class SupervisorService(MultiService):
         self._all_gone: list[Deferred[None]] = []
         self._on_serving: dict[int, list[Callable[[], object]]] = {}
         self.admin: Any = None
+        #: Each live generation's connection counts (tracker/_shared.py).
+        self._regions: dict[int, SharedCounts] = {}
         #: The highest certificate generation workers reported, per listener.
         self.certificate_generations: dict[str, int] = {}
         self._said_ready = False
@@ -138,8 +142,22 @@ class SupervisorService(MultiService):
                     number = next(numbers)
                     fds[number] = bound.fd_for(slot)
                     per_slot[lc.name].append(number)
+        self._release_regions()
+        counts = SharedCounts([lc.name for lc in config.listeners], config.workers)
+        self._regions[self.generation] = counts
+        counts_number = next(numbers)
+        fds[counts_number] = counts.fd
+        older: list[tuple[int, RegionLayout]] = []
+        for generation_older, region in self._regions.items():
+            if generation_older != self.generation:
+                number = next(numbers)
+                fds[number] = region.fd
+                older.append((number, region.layout))
         first = {name: n + 1 for name, n in self.certificate_generations.items()}
-        setup = ForkServerSetup(config, sockets, self.generation, per_slot, first)
+        setup = ForkServerSetup(
+            config, sockets, self.generation, (counts_number, counts.layout),
+            tuple(older), per_slot, first,
+        )  # fmt: skip
         old = [g for g in self.forkservers if g != self.generation]
         server = self._launcher.start(setup, fds)
         generation = self.generation
@@ -256,10 +274,17 @@ class SupervisorService(MultiService):
             self._respawns[handle.slot] = self.clock.callLater(
                 delay, self._spawn, handle.slot
             )
+        self._release_regions()
         if not self.workers:
             waiters, self._all_gone = self._all_gone, []
             for d in waiters:
                 d.callback(None)
+
+    def _release_regions(self) -> None:
+        """Let go of the counts of older generations with no worker left."""
+        alive = {w.generation for w in self.workers} | {self.generation}
+        for generation in [g for g in self._regions if g not in alive]:
+            self._regions.pop(generation).close()
 
     def _forkserver_ended(self, generation: int) -> None:
         self.forkservers.pop(generation, None)
@@ -321,6 +346,9 @@ class SupervisorService(MultiService):
             await self.drain()
             await DeferredList([s.ended for s in self.forkservers.values()])
             await super(SupervisorService, self).stopService()
+            for region in self._regions.values():
+                region.close()
+            self._regions.clear()
             self.notifier.stop_watchdog()
 
         return ensureDeferred(stop())

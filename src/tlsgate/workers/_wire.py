@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsgate.config import GatewayConfig
+from tlsgate.tracker._shared import RegionLayout
 
 #: Enough for /status of hundreds of certificates; a line longer than this
 #: ends the worker's control connection.
@@ -47,6 +48,11 @@ class ForkServerSetup:
     config: GatewayConfig
     sockets: dict[str, tuple[int, int]]
     generation: int
+    #: The descriptor number and layout of this generation's connection
+    #: counts (a region the supervisor made), and of the older generations'
+    #: still holding connections.
+    counts: tuple[int, RegionLayout]
+    older_counts: tuple[tuple[int, RegionLayout], ...] = ()
     #: With SO_REUSEPORT (an experiment): per listener, one descriptor per slot.
     per_slot: dict[str, list[int]] = field(default_factory=dict)
     #: Per listener, the certificate generation to number from (one more than

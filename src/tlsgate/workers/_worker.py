@@ -322,8 +322,15 @@ def serve(
     setup: ForkServerSetup,
     certificates: dict[str, Certificates],
     counts: SharedCounts,
+    older: list[SharedCounts],
 ) -> None:
-    """Run worker C{slot} until it has drained (called in the forked child)."""
+    """
+    Run worker C{slot} until it has drained (called in the forked child).
+
+    @param counts: its generation's connection counts.
+    @param older: those of older generations still holding connections,
+        which caps count too.
+    """
     parent = os.getppid()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -346,7 +353,7 @@ def serve(
 
     gateway = build_service(
         setup.config, reactor, certificates=certificates, endpoint_for=endpoint_for,
-        admin=False, shared={n: counts.for_worker(n, slot) for n in certificates},
+        admin=False, shared={n: counts.for_worker(n, slot, older) for n in certificates},
     )  # fmt: skip
     assert isinstance(gateway, GatewayService)
     gateway.privilegedStartService()
