@@ -39,6 +39,10 @@ from zope.interface import implementer
 #: One C{recv} takes up to this many decrypted bytes: several full records.
 READ_SIZE = 2**16
 
+#: One C{bio_read} takes up to this many encrypted bytes: a relay write
+#: (up to one backend read, 64 KiB) goes out as one socket write.
+SEND_SIZE = 2**17
+
 
 @implementer(IHalfCloseableProtocol)
 class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
@@ -61,6 +65,42 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         if self.read_closed:
             return  # after close_notify nothing may come; not kept, not read
         super().dataReceived(data)
+
+    # -- writing: all of a write's records in one socket write ---------------
+
+    def _flushSendBIO(self) -> None:
+        tls, transport = self._tlsConnection, self.transport
+        while True:
+            try:
+                data = tls.bio_read(SEND_SIZE)
+            except WantReadError:
+                return
+            transport.write(data)  # type: ignore[union-attr]
+            if len(data) < SEND_SIZE:
+                return
+
+    def _write(self, data: bytes) -> None:
+        # The stock loop flushes the BIO after each 16 KiB record (a socket
+        # write each); here OpenSSL is handed the whole write and the records
+        # leave together. Twisted's BufferingTLSTransport is not used: the
+        # relay writes whole backend reads, so its aggregation would only add
+        # a callLater per write.
+        if self._lostTLSConnection:
+            return
+        view = memoryview(data)
+        tls = self._tlsConnection
+        while view:
+            try:
+                sent = tls.send(view)
+            except WantReadError:
+                self._flushSendBIO()
+                self._bufferedWrite(view.tobytes())
+                return
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return
+            view = view[sent:]
+        self._flushSendBIO()
 
     def _flushReceiveBIO(self) -> None:
         # The stock loop, with close_notify handed to _peer_finished.

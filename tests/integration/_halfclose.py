@@ -8,6 +8,7 @@ close_notify instead).
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import ssl
 from collections.abc import Callable
@@ -95,3 +96,44 @@ class HalfCloseClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def round_trip(port: int, ctx: ssl.SSLContext, payload: bytes) -> bytes:
+    """
+    Send C{payload} and read as many bytes back, writing and reading in one
+    thread: a TLS connection must not be read and written from two threads at
+    once (OpenSSL's C{SSL} objects are not thread-safe, and CPython releases
+    the GIL inside C{SSL_read}/C{SSL_write}).
+    """
+    client = HalfCloseClient(port, ctx)
+    sock, tls, out = client.sock, client.tls, client._out
+    sock.setblocking(False)
+    got = bytearray()
+    sent = 0
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while len(got) < len(payload):
+            if not pending and sent < len(payload):
+                sent += tls.write(payload[sent : sent + 16384])
+                pending = out.read()
+            events = sel.select(20)
+            assert events, "the round trip stalled"
+            for _, mask in events:
+                if mask & selectors.EVENT_READ:
+                    try:
+                        data = sock.recv(262144)
+                    except BlockingIOError:
+                        continue
+                    assert data, f"closed after {len(got)} bytes"
+                    client._in.write(data)
+                    while True:
+                        try:
+                            got += tls.read(262144)
+                        except ssl.SSLWantReadError:
+                            break
+                if mask & selectors.EVENT_WRITE and pending:
+                    with contextlib.suppress(BlockingIOError):
+                        pending = pending[sock.send(pending) :]
+    client.close()
+    return bytes(got)

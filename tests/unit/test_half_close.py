@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from tests.helpers import make_pair, write
 from tlsgate._assembly import TLSStack
+from tlsgate._halfclose import SEND_SIZE
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import CloseReason, Limits
@@ -44,6 +45,11 @@ class Wire(StringTransport):
         )
         self.write_closed = False
         self.aborted = False
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
@@ -401,3 +407,18 @@ def test_a_handshake_abandoned_at_any_step_ends_without_a_backend(
         CloseReason.TLS_ERROR if how != "fin" and not flights else CloseReason.CLIENT
     )
     ended_before_the_handshake(c, reason)
+
+
+def test_a_write_leaves_as_one_socket_write_per_128_kib(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """Not one socket write per 16 KiB record, as Twisted's stock loop does."""
+    c = Connection(contexts, ca)
+    answer = bytes(range(256)) * 4096  # 1 MiB
+    before = c.wire.writes
+    c.backend.protocol.dataReceived(answer[:65536])
+    assert c.wire.writes == before + 1
+    c.backend.protocol.dataReceived(answer[65536:])
+    assert c.wire.writes <= before + 1 + (len(answer) // SEND_SIZE + 1)
+    c.move()
+    assert c.read() == (answer, None)

@@ -36,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
+from tlsgate._directwrite import direct_writes_on
 from tlsgate.proxy import ConnectionFacts
 from tlsgate.proxy import encode as encode_proxy
 from tlsgate.relay._backends import BackendPool
@@ -259,6 +260,12 @@ class _BackendProtocol(Protocol):
         # each interface it provides, but declares only the last of them
         # (IHandshakeListener): without IHalfCloseableProtocol there, the TCP
         # transport turns the backend's FIN into a full close.
+        transport = self.transport
+        direct_writes_on(
+            transport.transport
+            if isinstance(transport, TLSMemoryBIOProtocol)
+            else transport
+        )
         wrapper = getattr(self.transport, "protocol", None)
         if (
             isinstance(wrapper, _WrappingProtocol)
