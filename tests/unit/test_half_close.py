@@ -20,11 +20,16 @@ import trustme
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    ISSLTransport,
+    IStreamClientEndpoint,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from tests.helpers import make_pair, write
 from tlsgate._assembly import TLSStack
@@ -422,3 +427,25 @@ def test_a_write_leaves_as_one_socket_write_per_128_kib(
     assert c.wire.writes <= before + 1 + (len(answer) // SEND_SIZE + 1)
     c.move()
     assert c.read() == (answer, None)
+
+
+def test_the_tls_layer_declares_what_the_stock_layer_would(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """Its declaration is computed once per kind of transport, with the same result."""
+    first = Connection(contexts, ca)
+    second = Connection(contexts, ca)
+    clock = Clock()
+    pool = BackendPool([Backend("b", BackendEndpoint())], clock=clock)
+    stock: Any = TLSMemoryBIOFactory(
+        contexts, False, RelayFactory(pool), clock=clock
+    ).buildProtocol(CLIENT)
+    stock.makeConnection(Wire())
+    assert set(providedBy(first.server)) == {
+        *providedBy(stock),
+        IHalfCloseableProtocol,
+    }
+    assert providedBy(second.server) == providedBy(first.server)
+    tracked = first.server.wrappedProtocol
+    assert ISSLTransport.providedBy(tracked)  # the application's view is unchanged
+    assert IHalfCloseableProtocol.providedBy(tracked)
