@@ -73,14 +73,32 @@ class Wire(StringTransport):
 class BackendEndpoint:
     """Connects at once to a backend whose input the test reads from its wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = True) -> None:
         self.protocol: Any = None
         self.wire = Wire()
+        self.at_once = at_once
+        self.cancelled = 0
+        self._pending: tuple[defer.Deferred[Any], Any] | None = None
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
+        if not self.at_once:
+
+            def cancel(_: object) -> None:
+                self.cancelled += 1
+
+            d: defer.Deferred[Any] = defer.Deferred(cancel)
+            self._pending = (d, factory)
+            return d
         self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
         self.protocol.makeConnection(self.wire)
         return defer.succeed(self.protocol)
+
+    def complete(self) -> None:
+        """A connection attempt left pending (C{at_once=False}) succeeds."""
+        assert self._pending is not None
+        d, factory = self._pending
+        self.at_once = True
+        d.callback(self.connect(factory).result)
 
     def fin(self) -> None:
         """The backend shuts down writing (its FIN reaches the gateway)."""
@@ -115,9 +133,10 @@ class Connection:
         version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
         limits: Limits | None = None,
         handshake: bool = True,
+        backend_at_once: bool = True,
     ) -> None:
         self.clock = Clock()
-        self.backend = BackendEndpoint()
+        self.backend = BackendEndpoint(at_once=backend_at_once)
         pool = BackendPool([Backend("b", self.backend)], clock=self.clock)
         self.stack = TLSStack.around(
             RelayFactory(pool), contexts, limits or Limits(), self.clock,
@@ -449,3 +468,36 @@ def test_the_tls_layer_declares_what_the_stock_layer_would(
     tracked = first.server.wrappedProtocol
     assert ISSLTransport.providedBy(tracked)  # the application's view is unchanged
     assert IHalfCloseableProtocol.providedBy(tracked)
+
+
+def test_a_client_leaving_silently_before_the_backend_answers_costs_no_backend(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """A TLS health check: handshake, close_notify, FIN; the dial is cancelled."""
+    c = Connection(contexts, ca, backend_at_once=False)
+    c.close_notify()
+    assert c.wire.disconnecting
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.backend.cancelled == 1
+    assert c.reason == CloseReason.CLIENT
+
+
+def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca, backend_at_once=False)
+    c.send(b"early request")
+    c.close_notify()
+    assert not c.wire.disconnecting
+    c.backend.complete()
+    assert c.backend.wire.value() == b"early request"
+    assert c.backend.wire.write_closed
+    c.backend.protocol.dataReceived(b"late answer")
+    c.move()
+    assert c.read() == (b"late answer", None)
+    c.backend.closed()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.reason == CloseReason.CLIENT

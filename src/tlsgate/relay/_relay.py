@@ -184,6 +184,13 @@ class RelayProtocol(Protocol):
         if self.client_done or self._closed:
             return
         self.client_done = True
+        if self.backend is None and not self._early_size:
+            # Nothing to deliver and no backend yet: a client that handshakes
+            # and leaves (a TLS health check, a handshake benchmark) costs no
+            # backend connection, as before half-close. A client that sends
+            # nothing yet waits for a backend that speaks first is not served.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         if self.backend_done:
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif self.backend is not None:
