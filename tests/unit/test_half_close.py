@@ -501,3 +501,24 @@ def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
     assert c.read() == (b"", "close_notify")
     c.tcp_closed()
     assert c.reason == CloseReason.CLIENT
+
+
+def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -> None:
+    """
+    Twisted's endpoint wrapper declares only the last interface of the protocol
+    it wraps; the backend protocol re-declares IHalfCloseableProtocol on it, on
+    every connection (the declaration is cached after the first).
+    """
+    from twisted.internet.endpoints import _WrappingProtocol
+    from twisted.internet.interfaces import IHandshakeListener
+
+    from tlsgate.relay._relay import _BackendProtocol
+
+    for _ in range(3):
+        backend = _BackendProtocol(None)  # type: ignore[arg-type]
+        wrapper = _WrappingProtocol(defer.Deferred(), backend)
+        backend.makeConnection(Wire())
+        backend.transport.protocol = wrapper  # type: ignore[union-attr]
+        backend.connectionMade()
+        assert IHalfCloseableProtocol.providedBy(wrapper)
+        assert IHandshakeListener.providedBy(wrapper)

@@ -34,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import alsoProvides, implementer, providedBy
 
 from tlsgate._directwrite import direct_writes_on
 from tlsgate.proxy import ConnectionFacts
@@ -55,6 +55,10 @@ def _no_delay(transport: ITransport | None) -> None:
     except AttributeError:
         return
     set_no_delay(True)
+
+
+#: The endpoint wrapper's declaration -> the same with IHalfCloseableProtocol.
+_WRAPPER_DECLARATIONS: dict[object, object] = {}
 
 
 def _shut_write(transport: object) -> None:
@@ -274,12 +278,15 @@ class _BackendProtocol(Protocol):
             else transport
         )
         wrapper = getattr(self.transport, "protocol", None)
-        if (
-            isinstance(wrapper, _WrappingProtocol)
-            and wrapper._wrappedProtocol is self
-            and not IHalfCloseableProtocol.providedBy(wrapper)
-        ):
-            alsoProvides(wrapper, IHalfCloseableProtocol)
+        if isinstance(wrapper, _WrappingProtocol) and wrapper._wrappedProtocol is self:
+            # Computed once per kind of wrapper declaration, not per connection.
+            key = providedBy(wrapper)
+            declared = _WRAPPER_DECLARATIONS.get(key)
+            if declared is None:
+                if not IHalfCloseableProtocol.providedBy(wrapper):
+                    alsoProvides(wrapper, IHalfCloseableProtocol)
+                declared = _WRAPPER_DECLARATIONS[key] = providedBy(wrapper)
+            wrapper.__provides__ = declared  # type: ignore[attr-defined]
 
     def when_ready(self) -> Deferred[_BackendProtocol]:
         self._ready = Deferred(lambda d: self.transport.abortConnection())  # type: ignore[union-attr]
