@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from tlsgate._halfclose import HalfCloseTLSFactory
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.config import ListenerConfig
 from tlsgate.sni import SniDirectory, install_servername_callback
@@ -116,6 +117,7 @@ class TLSStack:
         *,
         name: str,
         shared: ListenerCounts | None = None,
+        half_close: bool = False,
     ) -> TLSStack:
         """
         Wrap C{app}: each connection is tagged with the certificate generation
@@ -123,6 +125,10 @@ class TLSStack:
 
         @param shared: connection counts over every worker process, for caps
             that hold gateway-wide.
+        @param half_close: pass the client's close_notify or FIN on as a
+            half-close to an application protocol that provides
+            C{IHalfCloseableProtocol} (L{HalfCloseTLSFactory}), as the
+            gateway's relay does; otherwise Twisted's stock TLS layer.
         """
         tracker = ConnectionTracker(
             app,
@@ -136,7 +142,9 @@ class TLSStack:
         return cls(
             contexts,
             tracker,
-            TLSMemoryBIOFactory(contexts, False, tracker, clock=clock),
+            (HalfCloseTLSFactory if half_close else TLSMemoryBIOFactory)(
+                contexts, False, tracker, clock=clock
+            ),
         )
 
     def listening(self, port: IListeningPort | None) -> None:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, cast
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from tlsgate._halfclose import HalfCloseTLSFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import TlsgateError
@@ -173,7 +173,7 @@ def _update(
         new_contexts = contexts.contexts
         new_contexts.listeners.append(tracker.certificate_changed)
         tracker.generation = lambda: new_contexts.generation
-        tls = TLSMemoryBIOFactory(new_contexts, False, tracker, clock=clock)
+        tls = HalfCloseTLSFactory(new_contexts, False, tracker, clock=clock)
         listener.service.replace_factory(tls, tracker)
         listener.expiry.stop()
         expiry = ExpiryWarnings(new_contexts, clock)

@@ -183,6 +183,7 @@ def build_listener(
     stack = TLSStack.around(
         RelayFactory(pool, proxy_protocol=config.proxy_protocol),
         contexts, config.limits, clock, name=config.name, shared=shared,
+        half_close=True,
     )  # fmt: skip
     tracker = stack.tracker
     service = ListenerService(

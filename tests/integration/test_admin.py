@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -101,9 +102,16 @@ def test_status_reports_certificates_and_connections(
 ) -> None:
     site.start(admin=f"tcp:{admin_port}:interface=127.0.0.1")
     site.served()
-    code, body = get(admin_port, "/status")
-    assert code == 200
-    web: dict[str, Any] = json.loads(body)["listeners"]["web"]
+    # The client's FIN is a half-close: the connection ends once the echo
+    # backend has seen it and closed too, a round trip later.
+    deadline = time.monotonic() + 10
+    while True:
+        code, body = get(admin_port, "/status")
+        assert code == 200
+        web: dict[str, Any] = json.loads(body)["listeners"]["web"]
+        if web["connections"]["active"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     (cert,) = web["certificates"]
     assert cert["fingerprint_sha256"] == site.first.fingerprint
     assert cert["names"] == ["localhost", "127.0.0.1"]

@@ -6,6 +6,13 @@ the backend is connected, then each transport is registered as the other's
 streaming producer, so a slow reader on either side pauses the fast writer on
 the other and memory per connection stays bounded. Closes propagate after
 the bytes already received are written (C{loseConnection} flushes).
+
+Half-closes propagate both ways: a client that finishes sending (close_notify
+or FIN, from a transport that reports it: tlsgate's L{HalfCloseTLSProtocol})
+has the backend's write side shut (FIN) while the answer still flows back; a
+plain TCP backend that shuts its write side has close_notify sent to the
+client, which may go on sending until it closes too. A TLS backend is closed
+outright when the client finishes (its close_notify would end it anyway).
 """
 
 from __future__ import annotations
@@ -15,17 +22,21 @@ from collections.abc import Callable
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IProtocol,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer, providedBy
 
+from tlsgate._directwrite import direct_writes_on
 from tlsgate.proxy import ConnectionFacts
 from tlsgate.proxy import encode as encode_proxy
 from tlsgate.relay._backends import BackendPool
@@ -46,7 +57,22 @@ def _no_delay(transport: ITransport | None) -> None:
     set_no_delay(True)
 
 
-@implementer(IHandshakeListener)
+#: The endpoint wrapper's declaration -> the same with IHalfCloseableProtocol.
+_WRAPPER_DECLARATIONS: dict[object, object] = {}
+
+
+def _shut_write(transport: object) -> None:
+    """
+    End the backend's input: FIN on TCP; a TLS backend is closed outright,
+    since a FIN under TLS (without close_notify) would be a truncation.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport.loseConnection()
+    else:
+        transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class RelayProtocol(Protocol):
     """
     The client side of one relayed connection.
@@ -74,6 +100,11 @@ class RelayProtocol(Protocol):
         self._early_size = 0
         self._connecting: object = None
         self._closed = False
+        self._ending = False
+        #: The client finished sending (its close_notify or FIN).
+        self.client_done = False
+        #: The backend finished sending; the client was sent close_notify.
+        self.backend_done = False
 
     def connectionMade(self) -> None:
         _no_delay(self.transport)
@@ -109,6 +140,10 @@ class RelayProtocol(Protocol):
         if self._early:
             btransport.writeSequence(self._early)
             self._early = []
+        if self.client_done:
+            # The client said all it had to say before the backend answered.
+            _shut_write(btransport)
+            return
         btransport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
         self.transport.registerProducer(btransport, True)  # type: ignore[attr-defined]
         self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -148,15 +183,56 @@ class RelayProtocol(Protocol):
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
 
+    def readConnectionLost(self) -> None:
+        """The client finished sending: the backend's input ends, its answer flows."""
+        if self.client_done or self._closed:
+            return
+        self.client_done = True
+        if self.backend is None and not self._early_size:
+            # Nothing to deliver and no backend yet: a client that handshakes
+            # and leaves (a TLS health check, a handshake benchmark) costs no
+            # backend connection, as before half-close. A client that sends
+            # nothing yet waits for a backend that speaks first is not served.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self.backend_done:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.backend is not None:
+            btransport = self.backend.transport
+            btransport.unregisterProducer()  # type: ignore[union-attr]
+            _shut_write(btransport)
+
+    def writeConnectionLost(self) -> None:
+        """Our close_notify (or FIN) went out; the client may still send."""
+
     def backend_data(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def backend_finished(self) -> None:
+        """
+        The backend finished sending (a FIN): close_notify to the client, who
+        may go on sending to the backend until it closes too.
+        """
+        if self._closed or self.transport is None or self.backend_done:
+            return
+        if self.client_done:
+            self.backend_lost()
+            return
+        self.backend_done = True
+        self.close_reason = CloseReason.BACKEND
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
 
     def backend_lost(self) -> None:
         """The backend closed: flush what it sent to the client, then close."""
         self.backend = None
-        if self._closed or self.transport is None:
+        if self._closed or self._ending or self.transport is None:
             return
-        self.close_reason = CloseReason.BACKEND
+        self._ending = True
+        # A client that finished sending first ended the exchange: its close.
+        self.close_reason = (
+            CloseReason.CLIENT if self.client_done else CloseReason.BACKEND
+        )
         self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()
 
@@ -167,11 +243,12 @@ class RelayProtocol(Protocol):
             self._connecting = None
         backend, self.backend = self.backend, None
         if backend is not None and backend.transport is not None:
-            backend.transport.unregisterProducer()  # type: ignore[attr-defined]
+            if not self.client_done:  # else unregistered already
+                backend.transport.unregisterProducer()  # type: ignore[attr-defined]
             backend.transport.loseConnection()
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class _BackendProtocol(Protocol):
     """
     The backend side of one relayed connection: everything goes to the client.
@@ -189,6 +266,28 @@ class _BackendProtocol(Protocol):
         self._ready: Deferred[_BackendProtocol] | None = None
         self._seen_data = False
 
+    def connectionMade(self) -> None:
+        # Twisted's endpoints wrap this protocol in one that means to declare
+        # each interface it provides, but declares only the last of them
+        # (IHandshakeListener): without IHalfCloseableProtocol there, the TCP
+        # transport turns the backend's FIN into a full close.
+        transport = self.transport
+        direct_writes_on(
+            transport.transport
+            if isinstance(transport, TLSMemoryBIOProtocol)
+            else transport
+        )
+        wrapper = getattr(self.transport, "protocol", None)
+        if isinstance(wrapper, _WrappingProtocol) and wrapper._wrappedProtocol is self:
+            # Computed once per kind of wrapper declaration, not per connection.
+            key = providedBy(wrapper)
+            declared = _WRAPPER_DECLARATIONS.get(key)
+            if declared is None:
+                if not IHalfCloseableProtocol.providedBy(wrapper):
+                    alsoProvides(wrapper, IHalfCloseableProtocol)
+                declared = _WRAPPER_DECLARATIONS[key] = providedBy(wrapper)
+            wrapper.__provides__ = declared  # type: ignore[attr-defined]
+
     def when_ready(self) -> Deferred[_BackendProtocol]:
         self._ready = Deferred(lambda d: self.transport.abortConnection())  # type: ignore[union-attr]
         return self._ready
@@ -204,6 +303,16 @@ class _BackendProtocol(Protocol):
             if self.remember_session is not None:
                 self.remember_session(self.transport)  # TLS 1.3 tickets are in by now
         self.client.backend_data(data)
+
+    def readConnectionLost(self) -> None:
+        """The backend's FIN (plain TCP only: a TLS layer reports no half-close)."""
+        if self.adopted:
+            self.client.backend_finished()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        """Our FIN to the backend went out; its answer may still come."""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         ready, self._ready = self._ready, None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
     IProtocol,
@@ -43,6 +44,7 @@ from zope.interface import implementer, providedBy
 from zope.interface.declarations import Provides
 from zope.interface.interface import InterfaceClass
 
+from tlsgate._halfclose import HalfCloseTLSProtocol
 from tlsgate.certs import negotiated_group, session_reused
 from tlsgate.tracker._limits import CloseReason
 
@@ -55,19 +57,22 @@ QUIET_INTERVAL = 0.05
 
 #: (wrapper class, transport's declaration, TLS layer's transport's
 #: declaration) -> what the wrapper declares; a handful of entries per process.
-_DECLARATIONS: dict[tuple[type, object, object], object] = {}
+_DECLARATIONS: dict[tuple[type, object, object, bool], object] = {}
 
 
-def _declaration(cls: type, transport: Any, tls: bool) -> object:
+def _declaration(
+    cls: type, transport: Any, tls: bool, half_close: bool = False
+) -> object:
     """
     What a wrapper around C{transport} provides: what the transport provides,
     and for a TLS layer also what the connection under it provides (Twisted's
     TLS layer keeps only one of them), with C{ISSLTransport} and without
-    C{ITLSTransport} (a TLS connection cannot start TLS again).
+    C{ITLSTransport} (a TLS connection cannot start TLS again); and
+    C{IHalfCloseableProtocol} when the wrapped protocol takes half-closes.
     """
     own = providedBy(transport)
     under = providedBy(transport.transport) if tls else None
-    key = (cls, own, under)
+    key = (cls, own, under, half_close)
     found = _DECLARATIONS.get(key)
     if found is None:
         interfaces: list[InterfaceClass] = list(own)
@@ -77,6 +82,8 @@ def _declaration(cls: type, transport: Any, tls: bool) -> object:
             interfaces = [i for i in interfaces if not i.isOrExtends(ITLSTransport)]
             if ISSLTransport not in interfaces:
                 interfaces.append(ISSLTransport)
+        if half_close:
+            interfaces.append(IHalfCloseableProtocol)
         found = _DECLARATIONS[key] = Provides(cls, *interfaces)
     return found
 
@@ -144,7 +151,12 @@ class TrackedProtocol(Protocol):
         self.generation = self.tracker.generation()
         layered = isinstance(transport, TLSMemoryBIOProtocol)
         self._tls = layered or INegotiated.providedBy(transport)
-        self.__provides__ = _declaration(type(self), transport, layered)
+        self.__provides__ = _declaration(
+            type(self),
+            transport,
+            layered,
+            IHalfCloseableProtocol.providedBy(self.wrapped),
+        )
         self.wrapped.makeConnection(self)  # type: ignore[arg-type]
         if not self._tls:
             self._begin()
@@ -183,6 +195,20 @@ class TrackedProtocol(Protocol):
         # instead of an answer, never half an answer).
         if not self.closing:
             self.wrapped.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client finished sending (declared only when the wrapped protocol
+        takes half-closes): it waits for the answer, which the idle and
+        lifetime limits still bound.
+        """
+        self._last = self.tracker.now
+        self.wrapped.readConnectionLost()  # type: ignore[attr-defined]
+
+    def writeConnectionLost(self) -> None:
+        wrapped = IHalfCloseableProtocol(self.wrapped, None)
+        if wrapped is not None:
+            wrapped.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.tracker._disarm(self)
@@ -236,6 +262,22 @@ class TrackedProtocol(Protocol):
         transport.loseConnection()
         self._arm_abort()
 
+    def loseWriteConnection(self) -> None:
+        """
+        The application finished sending (close_notify, or FIN on plain TCP)
+        and reads on: the client may go on sending until it closes too,
+        which the idle and lifetime limits still bound. Twisted's own TLS
+        layer cannot half-close (a bare FIN would be a truncation): there
+        it is a full close.
+        """
+        transport = self.transport
+        if isinstance(transport, TLSMemoryBIOProtocol) and not isinstance(
+            transport, HalfCloseTLSProtocol
+        ):
+            self.loseConnection()
+        else:
+            transport.loseWriteConnection()
+
     def abortConnection(self) -> None:
         self.transport.abortConnection()
 
@@ -248,7 +290,12 @@ class TrackedProtocol(Protocol):
         self._tls = True
         self.handshake_done = False
         self._handshake_from = self.tracker.clock.seconds()
-        self.__provides__ = _declaration(type(self), self.transport, False)
+        self.__provides__ = _declaration(
+            type(self),
+            self.transport,
+            False,
+            IHalfCloseableProtocol.providedBy(self.wrapped),
+        )
         self._arm()
 
     def getPeerCertificate(self) -> Any:

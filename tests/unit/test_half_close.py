@@ -1,0 +1,524 @@
+"""
+Half-close through the gateway's TLS layer, relay and tracker, in memory.
+
+The client is Python's C{ssl.SSLObject} over memory BIOs (so close_notify and
+the FIN are separate, as real clients send them); the gateway's listener stack
+(L{TLSStack} with C{half_close}) runs over a C{StringTransport}, and the
+backend is a protocol on another one. A FIN is the C{readConnectionLost()}
+the TCP transport would call; time is a C{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    ISSLTransport,
+    IStreamClientEndpoint,
+)
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer, providedBy
+
+from tests.helpers import make_pair, write
+from tlsgate._assembly import TLSStack
+from tlsgate._halfclose import SEND_SIZE
+from tlsgate.certs import ReloadingContextFactory
+from tlsgate.relay import Backend, BackendPool, RelayFactory
+from tlsgate.tracker import CloseReason, Limits
+
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+class Wire(StringTransport):
+    """A TCP connection's near end: records writes, closes and half-closes."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 443), peerAddress=CLIENT
+        )
+        self.write_closed = False
+        self.aborted = False
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+    def take(self) -> bytes:
+        data = self.value()
+        self.clear()
+        return data
+
+
+@implementer(IStreamClientEndpoint)
+class BackendEndpoint:
+    """Connects at once to a backend whose input the test reads from its wire."""
+
+    def __init__(self, at_once: bool = True) -> None:
+        self.protocol: Any = None
+        self.wire = Wire()
+        self.at_once = at_once
+        self.cancelled = 0
+        self._pending: tuple[defer.Deferred[Any], Any] | None = None
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        if not self.at_once:
+
+            def cancel(_: object) -> None:
+                self.cancelled += 1
+
+            d: defer.Deferred[Any] = defer.Deferred(cancel)
+            self._pending = (d, factory)
+            return d
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        self.protocol.makeConnection(self.wire)
+        return defer.succeed(self.protocol)
+
+    def complete(self) -> None:
+        """A connection attempt left pending (C{at_once=False}) succeeds."""
+        assert self._pending is not None
+        d, factory = self._pending
+        self.at_once = True
+        d.callback(self.connect(factory).result)
+
+    def fin(self) -> None:
+        """The backend shuts down writing (its FIN reaches the gateway)."""
+        self.protocol.readConnectionLost()
+
+    def closed(self) -> None:
+        """The backend's connection ends."""
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def contexts(tmp_path: Path, ca: trustme.CA) -> ReloadingContextFactory:
+    pair = make_pair(ca)
+    write(tmp_path / "c.pem", pair.chain)
+    write(tmp_path / "k.pem", pair.key)
+    return ReloadingContextFactory(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+
+
+class Connection:
+    """One client connection through a gateway stack, driven by hand."""
+
+    def __init__(
+        self,
+        contexts: ReloadingContextFactory,
+        ca: trustme.CA,
+        *,
+        version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+        limits: Limits | None = None,
+        handshake: bool = True,
+        backend_at_once: bool = True,
+    ) -> None:
+        self.clock = Clock()
+        self.backend = BackendEndpoint(at_once=backend_at_once)
+        pool = BackendPool([Backend("b", self.backend)], clock=self.clock)
+        self.stack = TLSStack.around(
+            RelayFactory(pool), contexts, limits or Limits(), self.clock,
+            name="web", half_close=True,
+        )  # fmt: skip
+        self.server: Any = self.stack.factory.buildProtocol(CLIENT)
+        self.wire = Wire()
+        self.server.makeConnection(self.wire)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ca.configure_trust(ctx)
+        ctx.minimum_version = ctx.maximum_version = version
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self._in, self._out, server_hostname="localhost")
+        if handshake:
+            self.handshake()
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                assert self.move(), "the handshake stalled"
+        self.move()
+
+    def move(self) -> bool:
+        """Move what each side wrote to the other; whether anything moved."""
+        moved = False
+        while True:
+            out = self._out.read()
+            if out:
+                self.server.dataReceived(out)
+            back = self.wire.take()
+            if back:
+                self._in.write(back)
+            if not out and not back:
+                return moved
+            moved = True
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.move()
+
+    def close_notify(self) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.unwrap()  # the gateway's close_notify is not waited for
+        self.move()
+
+    def fin(self) -> None:
+        """The client's FIN reaches the gateway."""
+        self.server.readConnectionLost()
+        self.move()
+
+    def read(self) -> tuple[bytes, str | None]:
+        """What the client can read now, and how its input ended (if it did)."""
+        chunks = []
+        while True:
+            try:
+                data = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                return b"".join(chunks), None
+            except ssl.SSLZeroReturnError:
+                return b"".join(chunks), "close_notify"
+            if not data:  # what SSLObject returns for close_notify alone
+                return b"".join(chunks), "close_notify"
+            chunks.append(data)
+
+    def tcp_closed(self) -> None:
+        """The gateway's TCP close (after loseConnection) completes."""
+        assert self.wire.disconnecting
+        self.server.connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def reason(self) -> CloseReason | None:
+        closed = self.stack.tracker.closed
+        reasons = [r for r, n in closed.items() if n]
+        assert len(reasons) <= 1 and sum(closed.values()) <= 1, closed
+        return reasons[0] if reasons else None
+
+
+VERSIONS = [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("notify", [True, False])
+def test_client_finishing_first_still_gets_the_answer(
+    contexts: ReloadingContextFactory,
+    ca: trustme.CA,
+    version: ssl.TLSVersion,
+    notify: bool,
+) -> None:
+    c = Connection(contexts, ca, version=version)
+    request = b"q" * 100_000
+    c.send(request)
+    if notify:
+        c.close_notify()
+    c.fin()
+    assert c.backend.wire.value() == request
+    assert c.backend.wire.write_closed  # the backend sees end of input
+    assert not c.backend.wire.disconnecting
+    c.backend.protocol.dataReceived(b"answer " * 1000)
+    c.move()
+    assert c.read() == (b"answer " * 1000, None)
+    c.backend.fin()
+    c.backend.closed()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.reason == CloseReason.CLIENT
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_backend_finishing_first_still_gets_what_the_client_sends(
+    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    """On TLS 1.2 too: OpenSSL reads application data after our close_notify."""
+    c = Connection(contexts, ca, version=version)
+    c.send(b"request")
+    c.backend.protocol.dataReceived(b"first part")
+    c.backend.fin()
+    c.move()
+    assert c.read() == (b"first part", "close_notify")
+    assert not c.wire.disconnecting  # the client may go on sending
+    more = b"m" * 200_000
+    c.send(more)
+    assert c.backend.wire.value() == b"request" + more
+    assert not c.backend.wire.disconnecting
+    c.close_notify()
+    assert c.wire.disconnecting  # both close_notify alerts exchanged
+    c.tcp_closed()
+    assert c.backend.wire.disconnecting  # after the bytes it was given
+    assert c.backend.wire.value() == b"request" + more
+    assert c.reason == CloseReason.BACKEND
+
+
+def test_backend_finishing_first_then_the_client_fin_ends_it(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca)
+    c.backend.fin()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.send(b"late")
+    c.fin()
+    assert c.wire.disconnecting
+    c.tcp_closed()
+    assert c.backend.wire.value() == b"late"
+    assert c.reason == CloseReason.BACKEND
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_bytes_after_the_clients_close_notify_are_dropped(
+    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    c = Connection(contexts, ca, version=version)
+    c.send(b"asked")
+    c.close_notify()
+    c.server.dataReceived(b"\x17\x03\x03\x00\x05hello" * 10_000)  # not read, not kept
+    assert c.backend.wire.value() == b"asked"
+    c.backend.protocol.dataReceived(b"answer")
+    c.move()
+    assert c.read() == (b"answer", None)
+    c.backend.fin()
+    c.backend.closed()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.reason == CloseReason.CLIENT
+
+
+def test_a_client_that_half_closes_and_waits_forever_is_ended_when_idle(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    limits = Limits(idle_timeout=30, close_grace=5)
+    c = Connection(contexts, ca, limits=limits)
+    c.send(b"asked")
+    c.close_notify()
+    assert c.backend.wire.write_closed
+    c.clock.advance(29)
+    assert not c.wire.disconnecting
+    c.clock.advance(2)  # idle: the gateway closes, the client's notify is in
+    c.move()
+    assert c.wire.disconnecting
+    c.tcp_closed()
+    assert c.backend.wire.disconnecting
+    assert c.reason == CloseReason.IDLE_TIMEOUT
+
+
+def test_a_client_that_never_answers_the_backends_finish_is_ended(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    limits = Limits(idle_timeout=30, close_grace=5)
+    c = Connection(contexts, ca, limits=limits)
+    c.backend.fin()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.clock.advance(31)  # idle: a graceful close, and close_grace to answer it
+    assert not c.wire.aborted
+    c.clock.advance(5)
+    assert c.wire.aborted
+    c.server.connectionLost(Failure(ConnectionDone()))
+    assert c.reason == CloseReason.IDLE_TIMEOUT
+
+
+def test_a_stock_tls_layer_is_not_half_closed_with_a_bare_fin(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """Embedders' stacks without half_close keep Twisted's behaviour."""
+    clock = Clock()
+    backend = BackendEndpoint()
+    pool = BackendPool([Backend("b", backend)], clock=clock)
+    stack = TLSStack.around(RelayFactory(pool), contexts, Limits(), clock, name="x")
+    server: Any = stack.factory.buildProtocol(CLIENT)
+    assert not IHalfCloseableProtocol.providedBy(server)
+
+
+# -- hostile input on the half-closing TLS layer ---------------------------
+
+
+def ended_before_the_handshake(c: Connection, reason: CloseReason) -> None:
+    assert c.wire.disconnecting or c.wire.aborted
+    c.server.connectionLost(Failure(ConnectionDone()))
+    assert c.reason == reason
+    assert c.stack.tracker.handshakes_failed == 1
+    assert c.backend.protocol is None  # no backend was dialled
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",  # a ClientHello of nothing
+        b"\x17\x03\x03\x40\x00" + b"\x00" * 0x4000,  # data before any hello
+        b"\x16\x03\x01\xff\xff" + b"\x01" * 0xFFFF,  # a record too long
+    ],
+)
+def test_garbage_records_end_the_connection_as_a_tls_error(
+    contexts: ReloadingContextFactory, ca: trustme.CA, garbage: bytes
+) -> None:
+    c = Connection(contexts, ca, handshake=False)
+    c.server.dataReceived(garbage)
+    ended_before_the_handshake(c, CloseReason.TLS_ERROR)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_client_hello_written_a_byte_at_a_time_completes(
+    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    c = Connection(contexts, ca, version=version, handshake=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        c.tls.do_handshake()
+    hello = c._out.read()
+    for i in range(len(hello)):
+        c.server.dataReceived(hello[i : i + 1])
+    c.handshake()
+    c.send(b"ping")
+    assert c.backend.wire.value() == b"ping"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("flights", [0, 1, 2])
+@pytest.mark.parametrize("how", ["fin", "close_notify"])
+def test_a_handshake_abandoned_at_any_step_ends_without_a_backend(
+    contexts: ReloadingContextFactory,
+    ca: trustme.CA,
+    version: ssl.TLSVersion,
+    flights: int,
+    how: str,
+) -> None:
+    """
+    The client leaves before its first flight, after it (the server has
+    answered), or with its last flight half sent.
+    """
+    c = Connection(contexts, ca, version=version, handshake=False)
+    for step in range(flights):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            c.tls.do_handshake()  # TLS 1.3's client is done after its 2nd flight
+        flight = c._out.read()
+        if step == 1:
+            flight = flight[: len(flight) // 2]
+        c.server.dataReceived(flight)
+        c._in.write(c.wire.take())
+    if how == "fin":
+        c.server.readConnectionLost()
+    else:
+        c.server.dataReceived(b"\x15\x03\x03\x00\x02\x01\x00")  # a plain alert
+    if not (c.wire.disconnecting or c.wire.aborted):
+        c.server.readConnectionLost()  # the alert was read; its FIN follows
+    # close_notify before any hello is no TLS at all; after one, the client
+    # leaves, as with a FIN.
+    reason = (
+        CloseReason.TLS_ERROR if how != "fin" and not flights else CloseReason.CLIENT
+    )
+    ended_before_the_handshake(c, reason)
+
+
+def test_a_write_leaves_as_one_socket_write_per_128_kib(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """Not one socket write per 16 KiB record, as Twisted's stock loop does."""
+    c = Connection(contexts, ca)
+    answer = bytes(range(256)) * 4096  # 1 MiB
+    before = c.wire.writes
+    c.backend.protocol.dataReceived(answer[:65536])
+    assert c.wire.writes == before + 1
+    c.backend.protocol.dataReceived(answer[65536:])
+    assert c.wire.writes <= before + 1 + (len(answer) // SEND_SIZE + 1)
+    c.move()
+    assert c.read() == (answer, None)
+
+
+def test_the_tls_layer_declares_what_the_stock_layer_would(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """Its declaration is computed once per kind of transport, with the same result."""
+    first = Connection(contexts, ca)
+    second = Connection(contexts, ca)
+    clock = Clock()
+    pool = BackendPool([Backend("b", BackendEndpoint())], clock=clock)
+    stock: Any = TLSMemoryBIOFactory(
+        contexts, False, RelayFactory(pool), clock=clock
+    ).buildProtocol(CLIENT)
+    stock.makeConnection(Wire())
+    assert set(providedBy(first.server)) == {
+        *providedBy(stock),
+        IHalfCloseableProtocol,
+    }
+    assert providedBy(second.server) == providedBy(first.server)
+    tracked = first.server.wrappedProtocol
+    assert ISSLTransport.providedBy(tracked)  # the application's view is unchanged
+    assert IHalfCloseableProtocol.providedBy(tracked)
+
+
+def test_a_client_leaving_silently_before_the_backend_answers_costs_no_backend(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """A TLS health check: handshake, close_notify, FIN; the dial is cancelled."""
+    c = Connection(contexts, ca, backend_at_once=False)
+    c.close_notify()
+    assert c.wire.disconnecting
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.backend.cancelled == 1
+    assert c.reason == CloseReason.CLIENT
+
+
+def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca, backend_at_once=False)
+    c.send(b"early request")
+    c.close_notify()
+    assert not c.wire.disconnecting
+    c.backend.complete()
+    assert c.backend.wire.value() == b"early request"
+    assert c.backend.wire.write_closed
+    c.backend.protocol.dataReceived(b"late answer")
+    c.move()
+    assert c.read() == (b"late answer", None)
+    c.backend.closed()
+    c.move()
+    assert c.read() == (b"", "close_notify")
+    c.tcp_closed()
+    assert c.reason == CloseReason.CLIENT
+
+
+def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -> None:
+    """
+    Twisted's endpoint wrapper declares only the last interface of the protocol
+    it wraps; the backend protocol re-declares IHalfCloseableProtocol on it, on
+    every connection (the declaration is cached after the first).
+    """
+    from twisted.internet.endpoints import _WrappingProtocol
+    from twisted.internet.interfaces import IHandshakeListener
+
+    from tlsgate.relay._relay import _BackendProtocol
+
+    for _ in range(3):
+        backend = _BackendProtocol(None)  # type: ignore[arg-type]
+        wrapper = _WrappingProtocol(defer.Deferred(), backend)
+        backend.makeConnection(Wire())
+        backend.transport.protocol = wrapper  # type: ignore[union-attr]
+        backend.connectionMade()
+        assert IHalfCloseableProtocol.providedBy(wrapper)
+        assert IHandshakeListener.providedBy(wrapper)
