@@ -52,7 +52,10 @@ def test_the_per_client_cap_counts_the_replaced_workers_connections(
         assert _refused(site)
         site.ini(**settings, idle_timeout="1h")
         gateway.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "generation 2 serves alone" in gateway.log, what="the new generation")
+        wait_until(
+            lambda: "generation 2 serves alone" in gateway.log,
+            what="the new generation",
+        )
         # The three held connections are on the replaced workers, which still
         # serve them; the new workers must not admit a fourth.
         for _ in range(4):

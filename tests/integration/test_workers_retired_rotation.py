@@ -29,7 +29,10 @@ def test_a_retired_workers_connection_is_closed_by_rotation_grace(site: Site) ->
             assert recv_exactly(held, 1) == b"a"
             site.ini(**settings, idle_timeout="1h")
             gateway.proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: "generation 2 serves alone" in gateway.log, what="the new generation")
+            wait_until(
+                lambda: "generation 2 serves alone" in gateway.log,
+                what="the new generation",
+            )
             renewed = site.new_pair()
             write_atomically(site.key, renewed.key)
             write_atomically(site.cert, renewed.chain, 0o644)

@@ -71,7 +71,10 @@ def test_sigterm_cuts_short_a_retired_workers_long_wait(site: Site) -> None:
             site.ini(workers="2", drain_timeout="1s", idle_timeout="1h",
                      admin=f"tcp:{admin}:interface=127.0.0.1")  # fmt: skip
             gateway.proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: "generation 2 serves alone" in gateway.log, what="the new generation")
+            wait_until(
+                lambda: "generation 2 serves alone" in gateway.log,
+                what="the new generation",
+            )
             held.sendall(b"b")
             assert recv_exactly(held, 1) == b"b"  # its retired worker still serves it
             started = time.monotonic()
