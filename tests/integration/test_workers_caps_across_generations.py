@@ -12,17 +12,7 @@ import socket
 import ssl
 
 from tests.integration.conftest import Site, free_port, recv_exactly
-from tests.integration.workers import ready, wait_until
-
-
-def _held(site: Site, stack: contextlib.ExitStack) -> ssl.SSLSocket:
-    raw = stack.enter_context(socket.create_connection(("127.0.0.1", site.port), 10))
-    tls = stack.enter_context(
-        site.client_context().wrap_socket(raw, server_hostname="localhost")
-    )
-    tls.sendall(b"a")
-    assert recv_exactly(tls, 1) == b"a"
-    return tls
+from tests.integration.workers import held_connection, ready, wait_until
 
 
 def _refused(site: Site) -> bool:
@@ -48,7 +38,7 @@ def test_the_per_client_cap_counts_the_replaced_workers_connections(
     wait_until(lambda: ready(admin), what="readyz")
     with contextlib.ExitStack() as stack:
         for _ in range(3):
-            _held(site, stack)
+            stack.enter_context(held_connection(site))
         assert _refused(site)
         site.ini(**settings, idle_timeout="1h")
         gateway.proc.send_signal(signal.SIGHUP)

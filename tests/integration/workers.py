@@ -7,7 +7,8 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests.integration.conftest import Site, recv_exactly
@@ -66,6 +67,16 @@ def accepted_by_pid(admin_port: int, listener: str = "web") -> dict[int, int]:
         for w in status(admin_port)["workers"]
         if w["listeners"] is not None and w["state"] == "serving"
     }
+
+
+@contextmanager
+def held_connection(site: Site) -> Iterator[ssl.SSLSocket]:
+    """One TLS connection through the gateway, echoed once, then kept open."""
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as raw:
+        with site.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"a")
+            assert recv_exactly(tls, 1) == b"a"
+            yield tls
 
 
 def ready(admin_port: int) -> bool:
