@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
-from tests.helpers import make_pair, write
 from tlsgate._assembly import TLSStack
 from tlsgate._halfclose import SEND_SIZE
 from tlsgate.certs import ReloadingContextFactory
@@ -107,19 +105,6 @@ class BackendEndpoint:
     def closed(self) -> None:
         """The backend's connection ends."""
         self.protocol.connectionLost(Failure(ConnectionDone()))
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def contexts(tmp_path: Path, ca: trustme.CA) -> ReloadingContextFactory:
-    pair = make_pair(ca)
-    write(tmp_path / "c.pem", pair.chain)
-    write(tmp_path / "k.pem", pair.key)
-    return ReloadingContextFactory(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
 
 
 class Connection:

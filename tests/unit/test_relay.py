@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trustme
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -26,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from tests.helpers import make_pair, write, write_atomically
+from tests.helpers import make_pair, write_atomically
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.errors import BackendUnavailable
 from tlsgate.relay import (
@@ -105,19 +104,6 @@ def pump_all(*pumps: iosim.IOPump) -> None:
         if not any([p.pump() for p in pumps]):
             return
     raise AssertionError("connections never went quiet")
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def contexts(tmp_path: Path, ca: trustme.CA) -> ReloadingContextFactory:
-    pair = make_pair(ca)
-    write(tmp_path / "c.pem", pair.chain)
-    write(tmp_path / "k.pem", pair.key)
-    return ReloadingContextFactory(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
 
 
 class Gateway:
