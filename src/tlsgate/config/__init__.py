@@ -6,11 +6,10 @@ may build L{GatewayConfig} and L{ListenerConfig} directly.
 """
 
 from tlsgate.config._model import GatewayConfig, ListenerConfig
-from tlsgate.config._parser import NOT_YET, load_config, parse_config
+from tlsgate.config._parser import load_config, parse_config
 from tlsgate.config._values import parse_bool, parse_duration, parse_percent
 
 __all__ = [
-    "NOT_YET",
     "GatewayConfig",
     "ListenerConfig",
     "load_config",

@@ -44,10 +44,6 @@ LISTENER_KEYS = (
     "backend_key", "backend_connect_timeout",
 )  # fmt: skip
 
-#: Keys of the interface that are known but not implemented in this version,
-#: with the capability they belong to. Refused, never ignored.
-NOT_YET: dict[str, str] = {}
-
 _REQUIRED = ("listen", "backend", "cert")
 _TLS_ENDPOINTS = ("ssl", "tls")
 
@@ -125,8 +121,8 @@ def _check_client_endpoints(text: str) -> tuple[str, ...]:
     for d in descriptions:
         if d.split(":", 1)[0].strip().lower() in _TLS_ENDPOINTS:
             raise ValueError(
-                f"{d!r} is a TLS endpoint; give a plain one (TLS to backends,"
-                " backend_tls = on, is not supported yet)"
+                f"{d!r} is a TLS endpoint; give a plain one and set"
+                " backend_tls = on (its keys check the backend's certificate)"
             )
         try:
             clientFromString(_NoReactor(), d)
@@ -248,9 +244,6 @@ def _unknown_or_not_yet(
     """Report C{key} if it cannot be used; C{True} when it was reported."""
     if key not in known:
         errors.add("unknown key" + _did_you_mean(key, known), section, key)
-        return True
-    if key in NOT_YET:
-        errors.add(f"not supported yet ({NOT_YET[key]})", section, key)
         return True
     return False
 
