@@ -20,10 +20,12 @@ from tlsgate.auth import parse_allow
 from tlsgate.certs import TLSPolicy, check_cipher_string
 from tlsgate.config._model import GatewayConfig, ListenerConfig
 from tlsgate.config._values import (
+    parse_alpn,
     parse_bool,
     parse_choice,
     parse_duration,
     parse_groups,
+    parse_path,
     parse_percent,
     parse_positive_int,
 )
@@ -133,23 +135,6 @@ def _check_client_endpoints(text: str) -> tuple[str, ...]:
     return descriptions
 
 
-def _path(text: str, base: str) -> str:
-    """A path from the ini, relative to the ini file's directory."""
-    if not text.strip():
-        raise ValueError("empty path")
-    return os.path.join(base, os.path.expanduser(text.strip()))
-
-
-def _alpn(text: str) -> tuple[str, ...]:
-    protocols = tuple(text.split())
-    if not protocols:
-        raise ValueError("no protocol given (e.g. h2 http/1.1)")
-    for p in protocols:
-        if not p.isascii() or len(p) > 255:
-            raise ValueError(f"{p!r} is not an ALPN protocol name")
-    return protocols
-
-
 def _proxy_protocol(text: str) -> str | None:
     word = parse_choice(text, ("off", "v1", "v2"))
     return None if word == "off" else word
@@ -177,7 +162,8 @@ def _log_format(text: str) -> str:
     return parse_choice(text, ("text", "json"))
 
 
-def _cipher_string(text: str) -> str:
+def parse_cipher_string(text: str) -> str:
+    """An OpenSSL cipher string that OpenSSL accepts."""
     problem = check_cipher_string(text.strip())
     if problem is not None:
         raise ValueError(problem)
@@ -254,7 +240,7 @@ def _parse_gateway(
     out: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
         "admin": _check_server_endpoint,
-        "admin_token_file": lambda text: _path(text, base),
+        "admin_token_file": lambda text: parse_path(text, base),
         "workers": _workers,
         "drain_delay": parse_duration,
         "drain_timeout": parse_duration,
@@ -279,7 +265,7 @@ def _parse_listener(
     limits: dict[str, Any] = {}
 
     def path(text: str) -> str:
-        return _path(text, base)
+        return parse_path(text, base)
 
     parsers: dict[str, tuple[dict[str, Any], str, Callable[[str], Any]]] = {
         "listen": (values, "listen", _check_server_endpoint),
@@ -298,14 +284,14 @@ def _parse_listener(
         "ocsp_response": (values, "ocsp_response", path),
         "sni_dir": (values, "sni_dir", path),
         "sni_strict": (values, "sni_strict", parse_bool),
-        "alpn": (tls, "alpn", _alpn),
+        "alpn": (tls, "alpn", parse_alpn),
         "backend_tls": (values, "backend_tls", parse_bool),
         "backend_ca": (values, "backend_ca", path),
         "backend_server_name": (values, "backend_server_name", _server_name),
         "backend_cert": (values, "backend_cert", path),
         "backend_key": (values, "backend_key", path),
         "min_version": (tls, "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
-        "ciphers": (tls, "ciphers", _cipher_string),
+        "ciphers": (tls, "ciphers", parse_cipher_string),
         "groups": (tls, "groups", parse_groups),
         "session_resumption": (tls, "session_resumption", parse_bool),
         "session_timeout": (tls, "session_timeout", parse_duration),

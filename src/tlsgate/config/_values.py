@@ -7,6 +7,7 @@ parser adds file, section and key.
 
 from __future__ import annotations
 
+import os
 import re
 
 from tlsgate.certs import check_groups
@@ -84,3 +85,21 @@ def parse_groups(text: str) -> tuple[str, ...]:
     misspelt one is refused here, with a near match when there is one.
     """
     return check_groups(re.split(r"[\s,]+", text.strip()) if text.strip() else ())
+
+
+def parse_path(text: str, base: str) -> str:
+    """A path from the ini, relative to the ini file's directory."""
+    if not text.strip():
+        raise ValueError("empty path")
+    return os.path.join(base, os.path.expanduser(text.strip()))
+
+
+def parse_alpn(text: str) -> tuple[str, ...]:
+    """ALPN protocol names, in order of preference, separated by spaces."""
+    protocols = tuple(text.split())
+    if not protocols:
+        raise ValueError("no protocol given (e.g. h2 http/1.1)")
+    for p in protocols:
+        if not p.isascii() or len(p) > 255:
+            raise ValueError(f"{p!r} is not an ALPN protocol name")
+    return protocols

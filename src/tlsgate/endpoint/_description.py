@@ -21,12 +21,14 @@ from tlsgate._assembly import build_contexts
 from tlsgate.auth import parse_allow
 from tlsgate.certs import ReloadingContextFactory, TLSPolicy
 from tlsgate.config import ListenerConfig
-from tlsgate.config._parser import _alpn, _cipher_string, _path
+from tlsgate.config._parser import parse_cipher_string
 from tlsgate.config._values import (
+    parse_alpn,
     parse_bool,
     parse_choice,
     parse_duration,
     parse_groups,
+    parse_path,
     parse_percent,
     parse_positive_int,
 )
@@ -47,7 +49,7 @@ def _commas(parse: Parse) -> Parse:
 
 
 def _path_here(text: str) -> str:
-    return os.path.abspath(_path(text, os.getcwd()))
+    return os.path.abspath(parse_path(text, os.getcwd()))
 
 
 def _port(text: str) -> int:
@@ -76,9 +78,9 @@ KEYS: dict[str, tuple[str, str, Parse]] = {
     "client_auth": ("listener", "client_auth", lambda t: parse_choice(t, ("none", "request", "require"))),
     "allow": ("listener", "allow", parse_allow),
     "ocsp_response": ("listener", "ocsp_response", _path_here),
-    "alpn": ("tls", "alpn", _commas(_alpn)),
+    "alpn": ("tls", "alpn", _commas(parse_alpn)),
     "min_version": ("tls", "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
-    "ciphers": ("tls", "ciphers", _cipher_string),
+    "ciphers": ("tls", "ciphers", parse_cipher_string),
     "groups": ("tls", "groups", _commas(parse_groups)),
     "session_resumption": ("tls", "session_resumption", parse_bool),
     "session_timeout": ("tls", "session_timeout", parse_duration),
