@@ -144,11 +144,11 @@ class TrackedProtocol(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         transport = self.transport
-        # The isinstance test is the common, cheap case; providedBy covers
-        # other TLS transports.
         # The TLS layer picked the certificate just now (a renewal may have
         # been swapped in for this very connection): tag with what it serves.
         self.generation = self.tracker.generation()
+        # The isinstance test is the common, cheap case; providedBy covers
+        # other TLS transports.
         layered = isinstance(transport, TLSMemoryBIOProtocol)
         self._tls = layered or INegotiated.providedBy(transport)
         self.__provides__ = _declaration(
