@@ -37,8 +37,8 @@ def test_sigterm_leaves_no_process(site: Site) -> None:
     wait_until(lambda: ready(admin), what="readyz")
     echo_once(site)
     family = children(gateway.proc.pid)
-    assert len(family) == 3
-    assert gateway.stop(signal.SIGTERM) == 0
+    assert len(family) == 3, (family, gateway.log[-3000:])
+    assert gateway.stop(signal.SIGTERM) == 0, gateway.log[-3000:]
     wait_until(lambda: not _alive(family), timeout=10, what="every process to end")
 
 
