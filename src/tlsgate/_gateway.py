@@ -25,9 +25,9 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsgate._directwrite import use_direct_writes
 from tlsgate._drain import StagedDrain
 from tlsgate._sdnotify import INotifier, NoNotifier
+from tlsgate._tcp import use_lean_transports
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
@@ -120,7 +120,7 @@ class ListenerService(Service):
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
-        use_direct_writes(port)
+        use_lean_transports(port)
         if self.tracker is not None:
             self.tracker.port = port
         waiting, self._waiting = self._waiting, []

@@ -46,6 +46,39 @@ READ_SIZE = 2**16
 SEND_SIZE = 2**17
 
 
+def _bio_pending() -> Any:
+    """
+    C{pending(connection, bio_name)}: the bytes in one of a pyOpenSSL
+    connection's memory BIOs (C{"_from_ssl"}: to send; C{"_into_ssl"}: received,
+    not yet read by OpenSSL), or a large number where pyOpenSSL's internals
+    are not as expected (the callers then fall back to reading until OpenSSL
+    says there is nothing, as the stock layer does).
+
+    The stock layer learns that a BIO is empty from an exception (a C{bio_read}
+    or C{recv} raising C{WantReadError}), about eight times per connection;
+    C{BIO_get_mem_data} answers without one. This reads pyOpenSSL's private
+    BIO attributes, which is why it is guarded.
+    """
+    try:
+        from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]
+
+        length = _lib.BIO_get_mem_data
+        null = _ffi.NULL
+    except (ImportError, AttributeError):  # pragma: no cover - other pyOpenSSL
+        return lambda connection, name: SEND_SIZE
+
+    def pending(connection: Any, name: str) -> int:
+        bio = getattr(connection, name, None)
+        if bio is None:
+            return SEND_SIZE
+        return int(length(bio, null))
+
+    return pending
+
+
+_pending_bytes = _bio_pending()
+
+
 #: A TCP transport's declaration -> what the TLS layer over it then declares:
 #: the stock per-connection loop's result, computed once per kind of transport.
 _DECLARED: dict[object, object] = {}
@@ -99,14 +132,16 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         tls, transport = self._tlsConnection, self.transport
-        while True:
+        pending = _pending_bytes(tls, "_from_ssl")
+        while pending:
             try:
-                data = tls.bio_read(SEND_SIZE)
+                data = tls.bio_read(min(pending, SEND_SIZE))
             except WantReadError:
                 return
             transport.write(data)  # type: ignore[union-attr]
-            if len(data) < SEND_SIZE:
-                return
+            pending -= len(data)
+            if pending <= 0:
+                pending = _pending_bytes(tls, "_from_ssl")
 
     def _write(self, data: bytes) -> None:
         # The stock loop flushes the BIO after each 16 KiB record (a socket
@@ -132,10 +167,13 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def _flushReceiveBIO(self) -> None:
-        # The stock loop, with close_notify handed to _peer_finished.
+        # The stock loop, with close_notify handed to _peer_finished, and no
+        # last recv() to learn that nothing is left (an exception each time)
+        # when neither OpenSSL nor its input BIO holds anything more.
+        tls = self._tlsConnection
         while not self._lostTLSConnection and not self.read_closed:
             try:
-                data = self._tlsConnection.recv(READ_SIZE)
+                data = tls.recv(READ_SIZE)
             except WantReadError:
                 break
             except ZeroReturnError:
@@ -145,6 +183,8 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
+                if not tls.pending() and not _pending_bytes(tls, "_into_ssl"):
+                    break
         self._flushSendBIO()
 
     def _peer_finished(self) -> None:

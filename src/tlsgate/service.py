@@ -148,11 +148,11 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
             host = config.backend_server_name or endpoint_host(d)
             assert host is not None  # the config parser insists on one
             endpoint = TLSBackendEndpoint(endpoint, tls, host, description=d)
-        backends.append(Backend(d, endpoint))
+        backends.append(Backend.of(d, endpoint))
     clock: IReactorTime = reactor  # type: ignore[assignment]
     return BackendPool(
         backends, clock=clock, connect_timeout=config.backend_connect_timeout,
-        name=config.name,
+        name=config.name, reactor=reactor,
     )  # fmt: skip
 
 

@@ -8,15 +8,26 @@ next, and marked down for a short back-off that doubles with each further
 failure (1 s up to 30 s). Backends marked down are not tried while others are
 up; when every backend is down, the client is refused at once instead of
 waiting on backends known to fail.
+
+A backend given as an IP address over plain TCP (C{tcp:10.0.0.7:8080}) is
+dialled directly (L{tlsgate._tcp.LeanClient}), with callbacks instead of
+Deferreds: on a short-lived connection, Twisted's connector, its address
+resolution and the Deferred chain of the endpoint cost more than the
+C{connect()} itself. Every other backend goes through its endpoint.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -26,18 +37,54 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tlsgate._tcp import LeanClient
 from tlsgate.errors import BackendUnavailable
 
 #: The longest a failing backend is skipped before it is tried again.
 MAX_BACKOFF = 30.0
 
+#: Called once with the connected protocol, or with why none could be had.
+Dialled = Callable[[IProtocol | None, Failure | None], None]
+
+
+def direct_address(endpoint: IStreamClientEndpoint) -> tuple[str, int] | None:
+    """
+    The address of a plain TCP endpoint to an IP address (C{tcp:10.0.0.7:80}),
+    which L{LeanClient} can dial without Twisted's connector; C{None} for
+    anything else (a host name, a bind address, TLS, UNIX sockets).
+    """
+    if type(endpoint) not in (TCP4ClientEndpoint, TCP6ClientEndpoint):
+        return None
+    host = getattr(endpoint, "_host", None)
+    port = getattr(endpoint, "_port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    if getattr(endpoint, "_bindAddress", None) is not None:
+        return None
+    try:
+        ip_address(host)
+    except ValueError:
+        return None
+    return (host, port)
+
 
 @dataclass(frozen=True)
 class Backend:
-    """A backend: its description (for logs and metrics) and its endpoint."""
+    """
+    A backend: its description (for logs and metrics) and its endpoint.
+
+    @ivar address: where to dial it directly (L{direct_address}), when it is
+        a plain TCP endpoint to an IP address and a reactor is at hand.
+    """
 
     description: str
     endpoint: IStreamClientEndpoint
+    address: tuple[str, int] | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, description: str, endpoint: IStreamClientEndpoint) -> Backend:
+        """A backend dialled directly when its endpoint allows (L{direct_address})."""
+        return cls(description, endpoint, direct_address(endpoint))
 
 
 class BackendPool:
@@ -46,6 +93,9 @@ class BackendPool:
 
     @param connect_timeout: seconds one attempt may take; 0 means no limit
         beyond the endpoint's own.
+    @param reactor: the reactor to dial backends that have an C{address}
+        with (L{LeanClient}); without one, every backend goes through its
+        endpoint.
     """
 
     _log = Logger()
@@ -56,12 +106,14 @@ class BackendPool:
         clock: IReactorTime,
         connect_timeout: float = 5.0,
         name: str = "default",
+        reactor: Any = None,
     ) -> None:
         if not backends:
             raise ValueError("a backend pool needs at least one backend")
         self.backends = tuple(backends)
         self.name = name
         self._clock = clock
+        self._reactor = reactor
         self._timeout = connect_timeout
         self._next = 0
         #: Failed connection attempts per backend description.
@@ -76,40 +128,66 @@ class BackendPool:
         The result fails with L{BackendUnavailable} when every backend failed,
         and can be cancelled (the attempt under way is cancelled with it).
         """
+        cancel: list[Callable[[], None]] = []
+        result: Deferred[IProtocol] = Deferred(lambda _: cancel[0]())
+
+        def done(protocol: IProtocol | None, reason: Failure | None) -> None:
+            if reason is not None:
+                result.errback(reason)
+            else:
+                assert protocol is not None
+                result.callback(protocol)
+
+        cancel.append(self.dial(factory, done))
+        return result
+
+    def dial(self, factory: IProtocolFactory, done: Dialled) -> Callable[[], None]:
+        """
+        L{connect} without Deferreds, for the relay's per-connection path:
+        C{done} is called once, with the protocol or with the failure
+        (L{BackendUnavailable}); the result cancels the walk (then C{done}
+        is not called).
+        """
         n = len(self.backends)
         start = self._next
         self._next = (start + 1) % n
         now = self._clock.seconds()
-        order = [
-            b
-            for i in range(n)
-            if self._down_until.get(
-                (b := self.backends[(start + i) % n]).description, 0
+        down = self._down_until
+        if not down:
+            order = self.backends[start:] + self.backends[:start]
+        else:
+            order = tuple(
+                b
+                for i in range(n)
+                if down.get((b := self.backends[(start + i) % n]).description, 0) <= now
             )
-            <= now
-        ]
         if not order:
-            return fail(
-                BackendUnavailable(
-                    "every backend is marked down after failing; retrying each after"
-                    " its back-off"
-                )
+            done(
+                None,
+                Failure(
+                    BackendUnavailable(
+                        "every backend is marked down after failing; retrying each"
+                        " after its back-off"
+                    )
+                ),
             )
-        return _Attempt(self, order, factory).result
+            return _nothing
+        return _Walk(self, order, factory, done).cancel
 
     def is_down(self, description: str) -> bool:
         return self._down_until.get(description, 0) > self._clock.seconds()
 
     def _succeeded(self, backend: Backend) -> None:
-        self._backoff.pop(backend.description, None)
-        self._down_until.pop(backend.description, None)
+        if self._down_until:
+            self._backoff.pop(backend.description, None)
+            self._down_until.pop(backend.description, None)
 
     def _failed(self, backend: Backend, reason: Failure) -> str:
         self.connect_failures[backend.description] += 1
         backoff = min(MAX_BACKOFF, self._backoff.get(backend.description, 0) * 2 or 1.0)
         self._backoff[backend.description] = backoff
         self._down_until[backend.description] = self._clock.seconds() + backoff
-        if reason.check(TimeoutError):
+        if reason.check(TimeoutError, ConnectTimeoutError):
             why = f"no connection within {self._timeout:g}s"
         else:
             why = reason.getErrorMessage()
@@ -124,52 +202,98 @@ class BackendPool:
         return f"{backend.description}: {why}"
 
 
-class _Attempt:
+def _nothing() -> None:
+    """Cancels a walk that ended before it began."""
+
+
+class _Walk:
     """One connection's walk through the backends, cancellable as a whole."""
 
+    __slots__ = (
+        "_current",
+        "_done",
+        "_factory",
+        "_index",
+        "_order",
+        "_pool",
+        "_reasons",
+    )
+
     def __init__(
-        self, pool: BackendPool, order: list[Backend], factory: IProtocolFactory
+        self,
+        pool: BackendPool,
+        order: Sequence[Backend],
+        factory: IProtocolFactory,
+        done: Dialled,
     ) -> None:
         self._pool = pool
         self._order = order
         self._factory = factory
+        self._done: Dialled | None = done
         self._reasons: list[str] = []
-        self._current: Deferred[IProtocol] | None = None
-        self._cancelled = False
-        self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        self._current: Callable[[], None] | None = None
+        self._index = 0
         self._try(0)
 
-    def _cancel(self, _: Deferred[IProtocol]) -> None:
-        self._cancelled = True
-        if self._current is not None:
-            self._current.cancel()
+    def cancel(self) -> None:
+        if self._done is None:
+            return
+        self._done = None
+        current, self._current = self._current, None
+        if current is not None:
+            current()
 
     def _try(self, index: int) -> None:
-        if self._cancelled:
+        if self._done is None:
             return
         if index == len(self._order):
-            self.result.errback(
-                BackendUnavailable(
-                    "no backend accepted the connection: " + "; ".join(self._reasons)
-                )
+            done, self._done = self._done, None
+            done(
+                None,
+                Failure(
+                    BackendUnavailable(
+                        "no backend accepted the connection: "
+                        + "; ".join(self._reasons)
+                    )
+                ),
             )
             return
+        self._index = index
         backend = self._order[index]
+        pool = self._pool
+        if backend.address is not None and pool._reactor is not None:
+            address = backend.address
+            peer = (IPv6Address if ":" in address[0] else IPv4Address)("TCP", *address)
+            protocol = self._factory.buildProtocol(peer)
+            assert protocol is not None
+            client = LeanClient.dial(
+                pool._reactor, address, protocol,
+                lambda transport, reason: self._ended(index, protocol, reason),
+                pool._timeout,
+            )  # fmt: skip
+            if self._index == index and self._done is not None:
+                self._current = client.cancel
+            return
         d = backend.endpoint.connect(self._factory)
-        if self._pool._timeout > 0:
-            d.addTimeout(self._pool._timeout, self._pool._clock)
-        self._current = d
+        if pool._timeout > 0:
+            d.addTimeout(pool._timeout, pool._clock)
+        self._current = d.cancel
+        d.addCallbacks(
+            lambda protocol: self._ended(index, protocol, None),
+            lambda reason: self._ended(index, None, reason),
+        )
 
-        def connected(protocol: IProtocol) -> None:
-            self._current = None
+    def _ended(
+        self, index: int, protocol: IProtocol | None, reason: Failure | None
+    ) -> None:
+        self._current = None
+        if self._done is None:
+            return  # cancelled (a cancelled Deferred still errbacks)
+        backend = self._order[index]
+        if reason is None:
             self._pool._succeeded(backend)
-            self.result.callback(protocol)
-
-        def failed(reason: Failure) -> None:
-            self._current = None
-            if self._cancelled:
-                return
-            self._reasons.append(self._pool._failed(backend, reason))
-            self._try(index + 1)
-
-        d.addCallbacks(connected, failed)
+            done, self._done = self._done, None
+            done(protocol, None)
+            return
+        self._reasons.append(self._pool._failed(backend, reason))
+        self._try(index + 1)

@@ -36,7 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer, providedBy
 
-from tlsgate._directwrite import direct_writes_on
+from tlsgate._tcp import lean_transport_on
 from tlsgate.proxy import ConnectionFacts
 from tlsgate.proxy import encode as encode_proxy
 from tlsgate.relay._backends import BackendPool
@@ -98,7 +98,9 @@ class RelayProtocol(Protocol):
         self._proxy_protocol = proxy_protocol
         self._early: list[bytes] = []
         self._early_size = 0
-        self._connecting: object = None
+        #: Cancels the backend connection under way.
+        self._connecting: Callable[[], None] | None = None
+        self._dialling = False
         self._closed = False
         self._ending = False
         #: The client finished sending (its close_notify or FIN).
@@ -118,9 +120,18 @@ class RelayProtocol(Protocol):
     def _dial(self) -> None:
         assert self.transport is not None
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        d = self.pool.connect(_BackendFactory(self))
-        self._connecting = d
-        d.addCallbacks(self._backend_connected, self._backend_failed)
+        self._dialling = True
+        cancel = self.pool.dial(_BackendFactory(self), self._dialled)
+        if self._dialling:  # else it ended already, synchronously
+            self._connecting = cancel
+
+    def _dialled(self, backend: IProtocol | None, reason: Failure | None) -> None:
+        self._dialling = False
+        if reason is not None:
+            self._backend_failed(reason)
+        else:
+            assert backend is not None
+            self._backend_connected(backend)
 
     def _backend_connected(self, backend: IProtocol) -> None:
         self._connecting = None
@@ -239,8 +250,8 @@ class RelayProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         if self._connecting is not None:
-            self._connecting.cancel()  # type: ignore[attr-defined]
-            self._connecting = None
+            cancel, self._connecting = self._connecting, None
+            cancel()
         backend, self.backend = self.backend, None
         if backend is not None and backend.transport is not None:
             if not self.client_done:  # else unregistered already
@@ -272,7 +283,7 @@ class _BackendProtocol(Protocol):
         # (IHandshakeListener): without IHalfCloseableProtocol there, the TCP
         # transport turns the backend's FIN into a full close.
         transport = self.transport
-        direct_writes_on(
+        lean_transport_on(
             transport.transport
             if isinstance(transport, TLSMemoryBIOProtocol)
             else transport

@@ -1,0 +1,390 @@
+"""
+The gateway's TCP transports: Twisted's own, minus the system calls a relay
+does not need.
+
+Twisted's C{tcp.Server} and C{tcp.Client} are general; on the gateway's path
+(accept, handshake, one backend connection, relay, close) they spend about
+50 system calls per connection where about 30 do the work. The profile of
+issue 10 found the gap there. These subclasses keep Twisted's behaviour
+(buffering, producers, half-close, aborts, reasons) and drop what the relay
+never needs:
+
+  - B{writes go out at once} when nothing is queued: C{FileDescriptor.write}
+    queues, registers for writability (C{epoll_ctl}), sends on the next turn
+    and unregisters (C{epoll_ctl} again). Only what the kernel does not take
+    is queued, through the stock path (which also reports socket errors);
+  - B{no zero-length C{send}}: the stock C{doWrite} sends the empty buffer
+    before a close or a half-close;
+  - B{no C{shutdown()} before C{close()}}: Twisted's own comment calls it
+    unnecessary, since the descriptor is this process's alone (close-on-exec,
+    and made after any fork of the worker model);
+  - B{a close with nothing left to send closes} at the start of the next
+    reactor turn (one C{callLater(0)} for all the connections closed in a
+    turn), instead of registering for writability, waiting for the event,
+    flushing nothing and unregistering (three C{epoll_ctl}s and a turn);
+  - B{pauses are lazy}: C{pauseProducing()} only marks the transport, and
+    the reactor registration is dropped when data actually arrives while
+    paused. A pause that a resume follows before any data (the relay pauses
+    the client while it dials the backend) costs no C{epoll_ctl} pair;
+  - B{C{TCP_NODELAY} is inherited} from the listening socket (Linux copies
+    it to accepted sockets), so the relay's C{setTcpNoDelay(True)} costs
+    nothing on an accepted connection;
+  - B{backends given as an IP address are dialled directly}
+    (L{LeanClient.dial}): a non-blocking socket made non-blocking by
+    C{socket()} itself, C{connect()}, one wait for writability, and
+    C{SO_ERROR}; no connector, no address resolution, no C{callLater(0)},
+    no Deferred chain.
+
+The gateway's listening ports accept L{LeanServer}s (L{use_lean_transports});
+the relay's backends given as C{tcp:IP:PORT} are dialled with L{LeanClient},
+and other backends' stock transports are switched to L{LeanDialledClient}.
+Embedders' ports (the C{tlsgate:} endpoint, L{tlsgate.TLSStack}) keep
+Twisted's stock transports.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import abstract, error, main, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IProtocol, IReactorFDSet, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+#: What one connection's log events are prefixed with (the stock transports
+#: format a per-connection string at accept or connect).
+LOG_PREFIX = "tlsgate"
+
+
+class _Closer:
+    """
+    The connections of one reactor that close at the start of its next turn:
+    one C{callLater(0)} however many close in a turn.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.pending: list[_Lean] = []
+
+    def add(self, transport: _Lean) -> None:
+        if not self.pending:
+            self.reactor.callLater(0, self.run)
+        self.pending.append(transport)
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for transport in pending:
+            try:
+                transport._close_now()
+            except Exception:
+                self._log.failure("closing {transport!r}", transport=transport)
+
+
+#: id(reactor) -> its closer (one or two reactors per process; tests make more).
+_CLOSERS: dict[int, _Closer] = {}
+
+
+def _closer(reactor: Any) -> _Closer:
+    closer = _CLOSERS.get(id(reactor))
+    if closer is None or closer.reactor is not reactor:
+        closer = _CLOSERS[id(reactor)] = _Closer(reactor)
+    return closer
+
+
+class _Lean:
+    """
+    What L{LeanServer} and L{LeanClient} change in C{tcp.Connection} (no
+    C{__slots__}: Twisted's transports keep their state in C{__dict__}).
+    """
+
+    _shouldShutdown = False
+    #: C{pauseProducing()} was called; the registration goes at the next read.
+    _pause_pending = False
+    #: C{TCP_NODELAY} is known to be on already (inherited from the listener).
+    _no_delay = False
+
+    def logPrefix(self) -> str:
+        return LOG_PREFIX
+
+    def write(self, data: bytes) -> None:
+        this: Any = self
+        if (
+            this._tempDataBuffer
+            or this.dataBuffer
+            or this.TLS  # STARTTLS on this transport: the stock path encrypts
+            or this.disconnecting
+            or this._writeDisconnected
+            or not this.connected
+            or type(data) is not bytes
+        ):
+            tcp.Connection.write(this, data)
+            return
+        try:
+            sent = this.socket.send(data)
+        except OSError:
+            sent = 0  # full (EAGAIN), or an error doWrite reports
+        if sent < len(data):
+            tcp.Connection.write(this, data[sent:] if sent else data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        this: Any = self
+        if (
+            this.connected
+            and not this.disconnecting
+            and not this._writeDisconnected
+            and not this.dataBuffer
+            and not this._tempDataBuffer
+            and this.producer is None
+            and not this.TLS
+        ):
+            this.disconnecting = 1
+            _closer(this.reactor).add(self)
+            return
+        tcp.Connection.loseConnection(this)
+
+    def _close_now(self) -> None:
+        """The turn after C{loseConnection()}: close, unless writes came since."""
+        this: Any = self
+        if not this.connected or this.disconnected:
+            return  # lost meanwhile (reset, abort)
+        if this.dataBuffer or this._tempDataBuffer or this.producer is not None:
+            # Written to after loseConnection(): flush first, as Twisted does.
+            this.stopReading()
+            this.startWriting()
+            return
+        this.stopReading()
+        this.stopWriting()
+        this.connectionLost(Failure(main.CONNECTION_DONE))
+
+    def writeSomeData(self, data: bytes) -> Any:
+        if not data:
+            return 0  # the stock doWrite flushing an empty buffer: no send(b"")
+        return tcp.Connection.writeSomeData(self, data)  # type: ignore[arg-type]
+
+    def pauseProducing(self) -> None:
+        self._pause_pending = True
+
+    def resumeProducing(self) -> None:
+        self._pause_pending = False
+        tcp.Connection.resumeProducing(self)  # type: ignore[arg-type]
+
+    def startReading(self) -> None:
+        self._pause_pending = False
+        tcp.Connection.startReading(self)  # type: ignore[arg-type]
+
+    def stopReading(self) -> None:
+        self._pause_pending = False
+        tcp.Connection.stopReading(self)  # type: ignore[arg-type]
+
+    def doRead(self) -> Any:
+        if self.disconnecting:  # type: ignore[attr-defined]
+            return None  # closing at the start of the next turn: read nothing
+        if self._pause_pending:
+            # Paused since the last read: stop now, before anything is read.
+            self.stopReading()
+            return None
+        return tcp.Connection.doRead(self)  # type: ignore[arg-type]
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if enabled and self._no_delay:
+            return
+        self._no_delay = bool(enabled)
+        tcp.Connection.setTcpNoDelay(self, enabled)  # type: ignore[arg-type]
+
+
+class LeanServer(_Lean, tcp.Server):
+    """An accepted TCP connection for the gateway (see the module)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: IProtocol,
+        client: tuple[Any, ...],
+        server: Any,
+        sessionno: int,
+        reactor: IReactorFDSet,
+    ) -> None:
+        # tcp.Server.__init__ without the per-connection log and repr strings.
+        tcp.Connection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self._no_delay = server is not None and getattr(server, "_no_delay", False)
+        self.startReading()
+        self.connected = 1
+
+    def __repr__(self) -> str:
+        return f"<{type(self.protocol).__name__} #{self.sessionno} (tlsgate)>"
+
+
+def use_lean_transports(port: object) -> None:
+    """
+    Have a TCP listening port accept L{LeanServer}s with C{TCP_NODELAY} set
+    (ports of other kinds are left alone).
+    """
+    if isinstance(port, tcp.Port) and port.transport is tcp.Server:
+        port.transport = LeanServer
+        try:
+            port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return  # not TCP after all (nothing relies on it but speed)
+        port._no_delay = True  # type: ignore[attr-defined]
+
+
+class LeanDialledClient(_Lean, tcp.Client):
+    """
+    A stock C{tcp.Client} (a backend reached through its endpoint: a host
+    name, TLS) switched to lean writes and closes once connected
+    (L{lean_transport_on}); its class is switched in place.
+    """
+
+
+def lean_transport_on(transport: object) -> None:
+    """Switch a connected stock C{tcp.Client} to L{LeanDialledClient}."""
+    if type(transport) is tcp.Client:
+        transport.__class__ = LeanDialledClient
+
+
+#: Called once with the connected transport, or with why none could be made.
+DialDone = Callable[["LeanClient | None", "Failure | None"], None]
+
+
+class LeanClient(_Lean, tcp.Connection):
+    """
+    A TCP connection dialled to an IP address (see the module).
+
+    Made by L{LeanClient.dial}; until it connects, L{cancel} abandons it.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple[Any, ...],
+        protocol: IProtocol,
+        reactor: Any,
+        done: DialDone,
+    ) -> None:
+        # tcp.Connection.__init__ without setblocking (socket() made it so).
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        self.realAddress = address
+        self._address_type = (
+            IPv6Address if sock.family == socket.AF_INET6 else IPv4Address
+        )
+        self._done: DialDone | None = done
+        self._timeout: Any = None
+        self._no_delay = True
+
+    @classmethod
+    def dial(
+        cls,
+        reactor: Any,
+        address: tuple[Any, ...],
+        protocol: IProtocol,
+        done: DialDone,
+        timeout: float = 0,
+    ) -> LeanClient:
+        """
+        Connect C{protocol} to C{address} (an IP address and a port, or the
+        4-tuple of an IPv6 address). C{done} is called once: with the
+        transport, after C{protocol.makeConnection}; or with the failure
+        (refused, unreachable, C{timeout} seconds passed) and no protocol call.
+        """
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock, address, protocol, reactor, done)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS):
+            client._fail(code)
+            return client
+        if timeout > 0:
+            clock: IReactorTime = reactor
+            client._timeout = clock.callLater(timeout, client._timed_out)
+        # Connected or not, writability says so (at once when it is).
+        client.startWriting()
+        return client
+
+    def getPeer(self) -> IPv4Address | IPv6Address:
+        return self._address_type("TCP", *self.realAddress[:2])
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        return self._address_type("TCP", *self.socket.getsockname()[:2])
+
+    def __repr__(self) -> str:
+        return f"<LeanClient to {self.realAddress[0]}:{self.realAddress[1]}>"
+
+    # -- connecting ----------------------------------------------------------
+
+    def doWrite(self) -> Any:
+        if self._done is None:
+            return tcp.Connection.doWrite(self)
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._fail(code)
+            return None
+        done, self._done = self._done, None
+        self._cancel_timeout()
+        self.connected = 1
+        self.stopWriting()
+        self.startReading()
+        self.protocol.makeConnection(self)
+        done(self, None)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._done is not None:
+            # The reactor saw the attempt fail (EPOLLERR/EPOLLHUP): SO_ERROR says why.
+            code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self._fail(code or errno.ECONNREFUSED)
+            return
+        tcp.Connection.connectionLost(self, reason)
+
+    def cancel(self) -> None:
+        """Abandon the attempt (nothing is called back); once connected: abort."""
+        if self._done is None:
+            self.abortConnection()
+            return
+        self._done = None
+        self._close_attempt()
+
+    def _timed_out(self) -> None:
+        self._timeout = None
+        done, self._done = self._done, None
+        if done is None:
+            return
+        self._close_attempt()
+        done(None, Failure(error.TimeoutError(f"connecting to {self.realAddress[0]}")))
+
+    def _fail(self, code: int) -> None:
+        done, self._done = self._done, None
+        self._close_attempt()
+        if done is not None:
+            done(None, Failure(error.getConnectError((code, os.strerror(code)))))
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None:
+            if self._timeout.active():
+                self._timeout.cancel()
+            self._timeout = None
+
+    def _close_attempt(self) -> None:
+        self._cancel_timeout()
+        self.stopWriting()
+        self.disconnected = 1
+        self.socket.close()

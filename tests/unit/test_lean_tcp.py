@@ -1,0 +1,399 @@
+"""
+The gateway's lean TCP transports (L{tlsgate._tcp}): the stock transports'
+behaviour with fewer system calls. Socket pairs and loopback sockets stand
+in for connections; the reactor is a recorder of registrations (no global
+reactor), and connects are completed by calling C{doWrite} as the reactor
+would once the socket is writable.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import error, tcp
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from tlsgate._tcp import (
+    LeanClient,
+    LeanDialledClient,
+    LeanServer,
+    lean_transport_on,
+    use_lean_transports,
+)
+from tlsgate.relay import Backend, BackendPool
+from tlsgate.relay._backends import direct_address
+
+
+class Reactor(Clock):
+    """The part of a reactor a TCP transport touches, counting registrations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[Any] = set()
+        self.writers: set[Any] = set()
+        self.changes = 0
+
+    def addWriter(self, w: Any) -> None:
+        self.changes += w not in self.writers
+        self.writers.add(w)
+
+    def removeWriter(self, w: Any) -> None:
+        self.changes += w in self.writers
+        self.writers.discard(w)
+
+    def addReader(self, r: Any) -> None:
+        self.changes += r not in self.readers
+        self.readers.add(r)
+
+    def removeReader(self, r: Any) -> None:
+        self.changes += r in self.readers
+        self.readers.discard(r)
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.made = False
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost = reason
+
+
+class Sock:
+    """A socket that records the calls a transport makes."""
+
+    family = socket.AF_INET
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.real, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any) -> Any:
+            self.calls.append(name)
+            return attr(*args)
+
+        return call
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[LeanServer, socket.socket, Reactor, Recorder]]:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reactor = Reactor()
+    protocol = Recorder()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    yield transport, theirs, reactor, protocol
+    ours.close()
+    theirs.close()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_a_write_with_nothing_queued_is_sent_without_registering(
+    pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
+) -> None:
+    transport, theirs, reactor, _ = pair
+    transport.write(b"hello")
+    assert reactor.writers == set()
+    assert read_all(theirs) == b"hello"
+
+
+def test_what_the_kernel_does_not_take_is_queued_in_order(
+    pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
+) -> None:
+    transport, theirs, reactor, _ = pair
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    transport.write(big)
+    assert reactor.writers == {transport}  # the rest waits for writability
+    transport.write(b"after")  # queued behind it, never sent ahead
+    received = read_all(theirs)
+    while reactor.writers:
+        transport.doWrite()
+        received += read_all(theirs)
+    assert received == big + b"after"
+
+
+def test_a_pause_resumed_before_any_data_touches_no_registration(
+    pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
+) -> None:
+    transport, theirs, reactor, protocol = pair
+    before = reactor.changes
+    transport.pauseProducing()
+    transport.resumeProducing()
+    assert reactor.changes == before
+    assert transport in reactor.readers
+    theirs.sendall(b"x")
+    transport.doRead()
+    assert protocol.data == b"x"
+
+
+def test_data_arriving_while_paused_stays_unread_until_resumed(
+    pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
+) -> None:
+    transport, theirs, reactor, protocol = pair
+    transport.pauseProducing()
+    theirs.sendall(b"request")
+    transport.doRead()  # the reactor saw it readable
+    assert protocol.data == b""
+    assert transport not in reactor.readers  # and now stops watching
+    transport.resumeProducing()
+    assert transport in reactor.readers
+    transport.doRead()
+    assert protocol.data == b"request"
+
+
+def test_a_close_with_nothing_queued_closes_next_turn_without_registering() -> None:
+    ours, theirs = socket.socketpair()
+    sock = Sock(ours)
+    reactor = Reactor()
+    protocol = Recorder()
+    transport = LeanServer(sock, protocol, ("a", 1), None, 1, reactor)  # type: ignore[arg-type]
+    protocol.makeConnection(transport)
+    sock.calls.clear()
+    before = reactor.changes
+    transport.loseConnection()
+    assert reactor.changes == before and protocol.lost is None
+    theirs.sendall(b"late")
+    transport.doRead()  # still registered this turn: nothing more is read
+    assert protocol.data == b""
+    reactor.advance(0)  # the next turn
+    assert sock.calls == ["close"]  # no send(b""), no shutdown()
+    assert protocol.lost is not None and protocol.lost.check(error.ConnectionDone)
+    assert reactor.readers == set() and reactor.writers == set()
+    with pytest.raises(ConnectionResetError):  # unread input: a reset, as ever
+        read_all(theirs)
+    theirs.close()
+
+
+def test_what_is_written_after_a_close_is_flushed_before_it() -> None:
+    ours, theirs = socket.socketpair()
+    reactor = Reactor()
+    protocol = Recorder()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    transport.loseConnection()
+    transport.write(b"last words")  # queued: the connection is closing
+    reactor.advance(0)
+    assert protocol.lost is None and reactor.writers == {transport}
+    why = transport.doWrite()
+    transport.connectionLost(Failure(why))
+    assert read_all(theirs) == b"last words"
+    assert protocol.lost is not None and protocol.lost.check(error.ConnectionDone)
+    theirs.close()
+
+
+def test_connections_closed_in_one_turn_share_one_call() -> None:
+    reactor = Reactor()
+    pairs = [socket.socketpair() for _ in range(3)]
+    transports = [
+        LeanServer(a, Recorder(), ("a", 1), None, 1, reactor) for a, _ in pairs
+    ]
+    for t in transports:
+        t.protocol.makeConnection(t)
+        t.loseConnection()
+    assert len(reactor.getDelayedCalls()) == 1
+    reactor.advance(0)
+    assert all(t.disconnected for t in transports)
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_accepted_connections_inherit_no_delay_from_the_listener() -> None:
+    reactor = Reactor()
+    port = tcp.Port(
+        0, Factory.forProtocol(Protocol), interface="127.0.0.1", reactor=reactor
+    )  # type: ignore[arg-type]
+    port.startListening()
+    try:
+        use_lean_transports(port)
+        assert port.transport is LeanServer
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        accepted, addr = port.socket.accept()
+        sock = Sock(accepted)
+        transport = LeanServer(sock, Protocol(), addr, port, 1, reactor)  # type: ignore[arg-type]
+        assert transport.getTcpNoDelay()
+        sock.calls.clear()
+        transport.setTcpNoDelay(True)
+        assert sock.calls == []  # known to be on: no system call
+        transport.setTcpNoDelay(False)
+        assert not transport.getTcpNoDelay()
+        client.close()
+        accepted.close()
+    finally:
+        port.socket.close()
+
+
+def test_other_ports_and_clients_are_left_alone() -> None:
+    other = object()
+    use_lean_transports(other)
+    lean_transport_on(other)
+    assert type(other) is object
+
+    class Client(tcp.Client):
+        def __init__(self) -> None:
+            pass
+
+    stock = Client()
+    lean_transport_on(stock)
+    assert type(stock) is Client  # only the stock class itself is switched
+    plain = tcp.Client.__new__(tcp.Client)
+    lean_transport_on(plain)
+    assert type(plain) is LeanDialledClient
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s
+    s.close()
+
+
+def writable(transport: LeanClient) -> None:
+    select.select([], [transport.socket], [], 5)
+
+
+def test_a_dial_connects_the_protocol_then_reports(listener: socket.socket) -> None:
+    reactor = Reactor()
+    protocol = Recorder()
+    results: list[Any] = []
+    address = listener.getsockname()
+    client = LeanClient.dial(
+        reactor, address, protocol, lambda t, f: results.append((t, f)), timeout=5
+    )
+    assert reactor.writers == {client} and results == []
+    writable(client)
+    client.doWrite()
+    assert results == [(client, None)] and protocol.made
+    assert reactor.readers == {client} and reactor.writers == set()
+    assert reactor.getDelayedCalls() == []  # the timeout is gone
+    assert client.getPeer().port == address[1]
+    assert client.getTcpNoDelay()
+    accepted, _ = listener.accept()
+    client.write(b"GET")
+    assert accepted.recv(10) == b"GET"
+    accepted.close()
+
+
+def test_a_refused_dial_reports_the_error_and_closes(listener: socket.socket) -> None:
+    address = listener.getsockname()
+    listener.close()  # nothing listens there any more
+    reactor = Reactor()
+    protocol = Recorder()
+    results: list[Any] = []
+    client = LeanClient.dial(
+        reactor, address, protocol, lambda t, f: results.append((t, f))
+    )
+    if not results:
+        writable(client)
+        client.doWrite()
+    [(transport, reason)] = results
+    assert transport is None and reason.check(error.ConnectionRefusedError)
+    assert not protocol.made and reactor.writers == set()
+    assert client.socket.fileno() == -1
+
+
+def test_a_dial_that_does_not_connect_in_time_fails_with_a_timeout(
+    listener: socket.socket,
+) -> None:
+    reactor = Reactor()
+    results: list[Any] = []
+    client = LeanClient.dial(
+        reactor,
+        listener.getsockname(),
+        Recorder(),
+        lambda t, f: results.append((t, f)),
+        timeout=2,
+    )
+    reactor.advance(2)
+    [(transport, reason)] = results
+    assert transport is None and reason.check(error.TimeoutError)
+    assert reactor.writers == set() and client.socket.fileno() == -1
+    client.doWrite()  # a late writability event changes nothing
+    assert len(results) == 1
+
+
+def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
+    reactor = Reactor()
+    results: list[Any] = []
+    client = LeanClient.dial(
+        reactor,
+        listener.getsockname(),
+        Recorder(),
+        lambda t, f: results.append((t, f)),
+        timeout=2,
+    )
+    client.cancel()
+    assert results == [] and reactor.writers == set()
+    assert reactor.getDelayedCalls() == [] and client.socket.fileno() == -1
+
+
+def test_only_plain_tcp_endpoints_to_an_ip_address_are_dialled_directly() -> None:
+    reactor = Reactor()
+    assert direct_address(TCP4ClientEndpoint(reactor, "127.0.0.1", 80)) == (
+        "127.0.0.1",
+        80,
+    )  # type: ignore[arg-type]
+    assert direct_address(TCP4ClientEndpoint(reactor, "backend.internal", 80)) is None  # type: ignore[arg-type]
+    bound = TCP4ClientEndpoint(reactor, "127.0.0.1", 80, bindAddress=("127.0.0.2", 0))  # type: ignore[arg-type]
+    assert direct_address(bound) is None
+    assert direct_address(HostnameEndpoint(reactor, "127.0.0.1", 80)) is None  # type: ignore[arg-type]
+
+
+def test_the_pool_fails_over_from_a_refused_direct_backend(
+    listener: socket.socket,
+) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_address = dead.getsockname()
+    dead.close()
+    reactor = Reactor()
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", 1)  # type: ignore[arg-type]
+    pool = BackendPool(
+        [Backend("dead", ep, dead_address), Backend("live", ep, listener.getsockname())],
+        clock=reactor, reactor=reactor,
+    )  # fmt: skip
+    results: list[Any] = []
+    pool.dial(Factory.forProtocol(Recorder), lambda p, f: results.append((p, f)))
+    for _ in range(2):
+        for transport in list(reactor.writers):
+            writable(transport)
+            transport.doWrite()
+    [(protocol, reason)] = results
+    assert reason is None and isinstance(protocol, Recorder) and protocol.made
+    assert pool.connect_failures == {"dead": 1} and pool.is_down("dead")
+    protocol.transport.loseConnection()  # type: ignore[union-attr]
