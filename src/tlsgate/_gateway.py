@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsgate._dispatch import lean_dispatch
 from tlsgate._drain import StagedDrain
 from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate._tcp import use_lean_transports
@@ -242,6 +243,9 @@ class GatewayService(MultiService):
         return DeferredList([tracker.drain(timeout) for tracker in self._trackers()])
 
     def startService(self) -> None:
+        # The gateway's own reactor dispatches events without a logging
+        # context each (tlsgate logs by namespace): see tlsgate._dispatch.
+        lean_dispatch(self.clock)
         super().startService()
         for listener in self.listeners.values():
             listener.expiry.start()

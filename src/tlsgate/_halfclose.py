@@ -118,7 +118,10 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         self.factory.registerProtocol(self)
         if self._connectWrapped:
             ProtocolWrapper.makeConnection(self, transport)
-        self._checkHandshakeStatus()
+        if getattr(self.factory, "is_client", True):
+            self._checkHandshakeStatus()
+        # A server has nothing to say before the ClientHello: the stock
+        # layer's do_handshake() here only raises WantReadError.
 
     def _half_closeable(self) -> bool:
         return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
@@ -262,3 +265,14 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
     """C{TLSMemoryBIOFactory} building L{HalfCloseTLSProtocol}s."""
 
     protocol = HalfCloseTLSProtocol
+
+    def __init__(
+        self,
+        contextFactory: Any,
+        isClient: bool,
+        wrappedFactory: Any,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        #: Whether this side speaks first (a client sends its hello at once).
+        self.is_client = isClient

@@ -1,0 +1,87 @@
+"""
+L{lean_dispatch}: an epoll reactor (a private instance, never run) that
+dispatches events without a logging context still reads, writes, reports
+disconnections and logs what a handler raises.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from tlsgate._dispatch import lean_dispatch
+from tlsgate._tcp import LeanServer
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"boom":
+            raise RuntimeError("handler failed")
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+@pytest.fixture
+def reactor() -> Iterator[EPollReactor]:
+    r = EPollReactor()
+    assert lean_dispatch(r)
+    yield r
+    r._poller.close()  # type: ignore[attr-defined]
+
+
+def connected(reactor: EPollReactor) -> tuple[Recorder, LeanServer, socket.socket]:
+    ours, theirs = socket.socketpair()
+    protocol = Recorder()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    return protocol, transport, theirs
+
+
+def test_reads_and_disconnections_are_dispatched(reactor: EPollReactor) -> None:
+    protocol, _, theirs = connected(reactor)
+    theirs.sendall(b"hello")
+    reactor.doIteration(0)
+    assert protocol.data == b"hello"
+    theirs.close()
+    reactor.doIteration(0)
+    assert protocol.lost
+
+
+def test_an_exception_in_a_handler_is_logged_and_drops_that_connection(
+    reactor: EPollReactor,
+) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        bad, _, bad_peer = connected(reactor)
+        good, _, good_peer = connected(reactor)
+        bad_peer.sendall(b"boom")
+        good_peer.sendall(b"fine")
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert bad.lost and not good.lost
+    assert good.data == b"fine"
+    failures = [e.get("log_failure") or e.get("failure") for e in events]
+    assert any(f is not None and f.check(RuntimeError) for f in failures)
+    bad_peer.close()
+    good_peer.close()
+
+
+def test_other_reactors_are_left_alone() -> None:
+    clock = Clock()
+    assert not lean_dispatch(clock)
+    assert "doIteration" not in vars(clock)
