@@ -20,7 +20,10 @@ provides C{IHalfCloseableProtocol}:
     close_notify at once, which a well-behaved one does).
 
 Bytes after the client's close_notify are protocol violations and are
-dropped unread, so they cannot grow the memory BIO. A wrapped protocol
+dropped unread, so they cannot grow the memory BIO. The memory BIOs are
+renewed once drained after the handshake, and again a second after any later
+burst, so that an idle connection does not keep the buffers its busiest
+moment grew them to (L{tlsgate._membio}). A wrapped protocol
 without C{IHalfCloseableProtocol} gets the stock behaviour. Everything
 else (handshake, producers, aborts, reasons) is the stock layer's.
 """
@@ -38,6 +41,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from tlsgate import _membio
+
 #: One C{recv} takes up to this many decrypted bytes: several full records.
 READ_SIZE = 2**16
 
@@ -46,37 +51,14 @@ READ_SIZE = 2**16
 SEND_SIZE = 2**17
 
 
-def _bio_pending() -> Any:
-    """
-    C{pending(connection, bio_name)}: the bytes in one of a pyOpenSSL
-    connection's memory BIOs (C{"_from_ssl"}: to send; C{"_into_ssl"}: received,
-    not yet read by OpenSSL), or a large number where pyOpenSSL's internals
-    are not as expected (the callers then fall back to reading until OpenSSL
-    says there is nothing, as the stock layer does).
+#: A BIO that held more than this many bytes is renewed once drained (see
+#: L{tlsgate._membio}): the first time right after the handshake, after that
+#: L{RENEW_AFTER} seconds after the burst, so that a bulk transfer does not
+#: regrow fresh BIOs for every chunk.
+BURST = 4096
 
-    The stock layer learns that a BIO is empty from an exception (a C{bio_read}
-    or C{recv} raising C{WantReadError}), about eight times per connection;
-    C{BIO_get_mem_data} answers without one. This reads pyOpenSSL's private
-    BIO attributes, which is why it is guarded.
-    """
-    try:
-        from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]
-
-        length = _lib.BIO_get_mem_data
-        null = _ffi.NULL
-    except (ImportError, AttributeError):  # pragma: no cover - other pyOpenSSL
-        return lambda connection, name: SEND_SIZE
-
-    def pending(connection: Any, name: str) -> int:
-        bio = getattr(connection, name, None)
-        if bio is None:
-            return SEND_SIZE
-        return int(length(bio, null))
-
-    return pending
-
-
-_pending_bytes = _bio_pending()
+#: Seconds after a burst (past the handshake) before the BIOs are renewed.
+RENEW_AFTER = 1.0
 
 
 #: A TCP transport's declaration -> what the TLS layer over it then declares:
@@ -97,6 +79,12 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
     write_closed = False
     _fin = False
     _ending = False
+    #: A BIO grew past BURST since the last renewal (the handshake counts).
+    _grown = True
+    #: The BIOs were renewed after the handshake.
+    _settled = False
+    #: The delayed renewal after a later burst, while one is due.
+    _renewal: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         # The stock method, except its loop of directlyProvides over the
@@ -115,7 +103,9 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         else:
             self.__provides__ = declared
         Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
+        # Not registered with the factory: nothing reads its WeakKeyDictionary
+        # of protocols (the tracker keeps the connections), and each entry
+        # costs an idle connection about 125 bytes (see unregisterProtocol).
         if self._connectWrapped:
             ProtocolWrapper.makeConnection(self, transport)
         if getattr(self.factory, "is_client", True):
@@ -129,13 +119,49 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.read_closed:
             return  # after close_notify nothing may come; not kept, not read
+        if len(data) > BURST:
+            self._grown = True
         super().dataReceived(data)
+        if self._grown and self._handshakeDone:
+            self._renew_bios()
+
+    # -- memory: fresh BIOs once a burst has passed ------------------------
+
+    def _renew_bios(self) -> None:
+        """Give back what the BIOs grew to (see L{tlsgate._membio})."""
+        if (
+            self._fin
+            or self.read_closed
+            or self.write_closed
+            or self._lostTLSConnection
+            or self._renewal is not None
+        ):
+            return  # an input BIO at EOF must stay; or a renewal is due
+        if not self._settled:
+            if _membio.renew(self._tlsConnection):
+                self._settled = True
+                self._grown = False
+            return
+        clock = getattr(self.factory, "clock", None)
+        if clock is not None:
+            self._renewal = clock.callLater(RENEW_AFTER, self._renew_later)
+
+    def _renew_later(self) -> None:
+        self._renewal = None
+        if self._lostTLSConnection or self.transport is None:
+            return
+        if _membio.renew(self._tlsConnection):
+            self._grown = False
+        else:
+            self._renew_bios()  # bytes in flight: try again later
 
     # -- writing: all of a write's records in one socket write ---------------
 
     def _flushSendBIO(self) -> None:
         tls, transport = self._tlsConnection, self.transport
-        pending = _pending_bytes(tls, "_from_ssl")
+        pending = _membio.pending(tls, _membio.FROM)
+        if pending > BURST:
+            self._grown = True
         while pending:
             try:
                 data = tls.bio_read(min(pending, SEND_SIZE))
@@ -144,7 +170,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             transport.write(data)  # type: ignore[union-attr]
             pending -= len(data)
             if pending <= 0:
-                pending = _pending_bytes(tls, "_from_ssl")
+                pending = _membio.pending(tls, _membio.FROM)
 
     def _write(self, data: bytes) -> None:
         # The stock loop flushes the BIO after each 16 KiB record (a socket
@@ -168,6 +194,8 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
                 return
             view = view[sent:]
         self._flushSendBIO()
+        if self._grown and self._handshakeDone:
+            self._renew_bios()
 
     def _flushReceiveBIO(self) -> None:
         # The stock loop, with close_notify handed to _peer_finished, and no
@@ -186,7 +214,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
-                if not tls.pending() and not _pending_bytes(tls, "_into_ssl"):
+                if not tls.pending() and not _membio.pending(tls, _membio.INTO):
                     break
         self._flushSendBIO()
 
@@ -258,6 +286,9 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ending = True
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None and renewal.active():
+            renewal.cancel()
         super().connectionLost(reason)
 
 
@@ -276,3 +307,13 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         #: Whether this side speaks first (a client sends its hello at once).
         self.is_client = isClient
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        #: Schedules the renewal of a connection's BIOs after a burst.
+        self.clock = clock
+
+    def unregisterProtocol(self, p: Any) -> None:
+        # Protocols are not registered (see HalfCloseTLSProtocol.makeConnection).
+        self.protocols.pop(p, None)

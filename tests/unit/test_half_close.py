@@ -507,3 +507,77 @@ def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -
         backend.connectionMade()
         assert IHalfCloseableProtocol.providedBy(wrapper)
         assert IHandshakeListener.providedBy(wrapper)
+
+
+def renewals(c: Connection) -> int:
+    return sum(
+        getattr(d.func, "__name__", "") == "_renew_later"
+        for d in c.clock.getDelayedCalls()
+    )
+
+
+def bios(c: Connection) -> tuple[object, object]:
+    tls = c.server._tlsConnection
+    return tls._into_ssl, tls._from_ssl
+
+
+def test_the_bios_grown_by_the_handshake_are_renewed_once_drained(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca, handshake=False)
+    before = bios(c)
+    c.handshake()  # the client's Finished completes it: then they are drained
+    after = bios(c)
+    assert after[0] != before[0] and after[1] != before[1]
+    c.send(b"GET / HTTP/1.1\r\n\r\n")
+    c.send(b"more")
+    assert bios(c) == after  # small reads leave them alone
+    assert renewals(c) == 0
+    c.backend.protocol.dataReceived(b"answer")
+    c.move()
+    assert c.read() == (b"answer", None)
+    assert c.backend.wire.value() == b"GET / HTTP/1.1\r\n\r\nmore"
+
+
+def test_after_a_burst_the_bios_are_renewed_a_second_later(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca)
+    c.send(b"hello")
+    settled = bios(c)
+    c.backend.protocol.dataReceived(b"b" * 100_000)  # a burst to the client
+    c.move()
+    assert c.read() == (b"b" * 100_000, None)
+    assert bios(c) == settled  # not during the burst
+    c.clock.advance(1.0)
+    renewed = bios(c)
+    assert renewed[0] != settled[0] and renewed[1] != settled[1]
+    c.send(b"still works")
+    assert c.backend.wire.value() == b"hellostill works"
+    c.backend.protocol.dataReceived(b"and back")
+    c.move()
+    assert c.read() == (b"and back", None)
+
+
+def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with_the_connection(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca)
+    c.send(b"hello")
+    c.send(b"u" * 50_000)  # a burst from the client
+    # Half a record arrives before the renewal is due: OpenSSL keeps the part
+    # it read, and the rest comes through the fresh BIO.
+    c.tls.write(b"split record")
+    wire = c._out.read()
+    c.server.dataReceived(wire[:10])
+    c.clock.advance(1.0)
+    c.server.dataReceived(wire[10:])
+    assert c.backend.wire.value() == b"hello" + b"u" * 50_000 + b"split record"
+    c.send(b"x" * 10_000)
+    assert renewals(c) == 1
+    c.close_notify()
+    c.fin()
+    c.backend.closed()
+    c.move()
+    c.tcp_closed()
+    assert renewals(c) == 0  # the due renewal went with it

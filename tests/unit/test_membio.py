@@ -1,0 +1,134 @@
+"""
+L{tlsgate._membio}: the memory BIOs' fill level, and fresh BIOs once a
+burst has passed, on a real pyOpenSSL connection pair over memory BIOs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import pytest
+import trustme
+from OpenSSL import SSL
+
+from tlsgate import _membio
+
+
+def pump(a: SSL.Connection, b: SSL.Connection) -> None:
+    """Move every byte each side wrote to the other until both are quiet."""
+    moved = True
+    while moved:
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            try:
+                data = src.bio_read(1 << 20)
+            except SSL.WantReadError:
+                continue
+            dst.bio_write(data)
+            moved = True
+
+
+def handshake(ca: trustme.CA) -> tuple[SSL.Connection, SSL.Connection]:
+    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    server_ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ca.issue_cert("localhost").configure_cert(server_ctx)  # type: ignore[no-untyped-call]
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    for _ in range(10):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+        pump(client, server)
+    return client, server
+
+
+def read_all(side: SSL.Connection) -> bytes:
+    out = b""
+    while True:
+        try:
+            out += side.recv(1 << 16)
+        except SSL.WantReadError:
+            return out
+
+
+def test_pending_counts_what_each_bio_holds(ca: trustme.CA) -> None:
+    client, server = handshake(ca)
+    assert _membio.pending(server, _membio.INTO) == 0
+    assert _membio.pending(server, _membio.FROM) == 0
+    client.send(b"x" * 1000)
+    wire = client.bio_read(1 << 20)
+    server.bio_write(wire)
+    assert _membio.pending(server, _membio.INTO) == len(wire)
+    assert read_all(server) == b"x" * 1000
+    assert _membio.pending(server, _membio.INTO) == 0
+    server.send(b"y")
+    assert _membio.pending(server, _membio.FROM) > 0
+    assert _membio.pending(object(), _membio.FROM) == _membio.UNKNOWN
+
+
+def test_bios_holding_bytes_are_not_renewed(ca: trustme.CA) -> None:
+    client, server = handshake(ca)
+    server.send(b"answer")
+    into, out = server._into_ssl, server._from_ssl  # type: ignore[attr-defined]
+    assert not _membio.renew(server)
+    assert (server._into_ssl, server._from_ssl) == (into, out)  # type: ignore[attr-defined]
+
+
+def test_renewed_bios_carry_the_connection_on_both_ways(ca: trustme.CA) -> None:
+    client, server = handshake(ca)
+    burst = bytes(range(256)) * 256  # 64 KiB
+    client.sendall(burst)
+    pump(client, server)
+    assert read_all(server) == burst
+    assert _membio.renew(server)
+    client.send(b"after")
+    pump(client, server)
+    assert read_all(server) == b"after"
+    server.send(b"answer")
+    pump(client, server)
+    assert read_all(client) == b"answer"
+    assert _membio.renew(server)
+    server.shutdown()  # close_notify goes out through the fresh BIO
+    pump(client, server)
+    with pytest.raises(SSL.ZeroReturnError):
+        client.recv(10)
+
+
+def test_renewing_after_a_burst_gives_the_grown_buffers_back(ca: trustme.CA) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc 2.33 or later: no mallinfo2 to measure with")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )]  # fmt: skip
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    pairs = [handshake(ca) for _ in range(10)]
+    burst = b"z" * 65536
+    for client, server in pairs:
+        client.sendall(burst)
+        pump(client, server)
+        read_all(server)
+        server.sendall(burst)
+        pump(client, server)
+        read_all(client)
+    before = in_use()
+    for _, server in pairs:
+        assert _membio.renew(server)
+    freed = before - in_use()
+    # Each idle server kept well over 64 KiB of grown BIO buffers.
+    assert freed > 10 * 100_000
