@@ -50,9 +50,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import abstract, error, main, tcp
+from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IProtocol, IReactorFDSet, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -164,7 +165,7 @@ class _Lean:
             return
         this.stopReading()
         this.stopWriting()
-        this.connectionLost(Failure(main.CONNECTION_DONE))
+        this.connectionLost(connectionDone)
 
     def writeSomeData(self, data: bytes) -> Any:
         if not data:
@@ -276,6 +277,7 @@ class LeanClient(_Lean, tcp.Connection):
         protocol: IProtocol,
         reactor: Any,
         done: DialDone,
+        family: int = socket.AF_INET,
     ) -> None:
         # tcp.Connection.__init__ without setblocking (socket() made it so).
         abstract.FileDescriptor.__init__(self, reactor=reactor)
@@ -308,7 +310,7 @@ class LeanClient(_Lean, tcp.Connection):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(sock, address, protocol, reactor, done)
+        client = cls(sock, address, protocol, reactor, done, family)
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
             client._fail(code)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import ip_address
 from typing import Any
 
@@ -80,6 +81,12 @@ class Backend:
     description: str
     endpoint: IStreamClientEndpoint
     address: tuple[str, int] | None = field(default=None, compare=False)
+
+    @cached_property
+    def peer(self) -> IPv4Address | IPv6Address:
+        """The C{address} as Twisted spells a peer (made once per backend)."""
+        host, port = self.address or ("0.0.0.0", 0)
+        return (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
 
     @classmethod
     def of(cls, description: str, endpoint: IStreamClientEndpoint) -> Backend:
@@ -263,8 +270,7 @@ class _Walk:
         pool = self._pool
         if backend.address is not None and pool._reactor is not None:
             address = backend.address
-            peer = (IPv6Address if ":" in address[0] else IPv4Address)("TCP", *address)
-            protocol = self._factory.buildProtocol(peer)
+            protocol = self._factory.buildProtocol(backend.peer)
             assert protocol is not None
             client = LeanClient.dial(
                 pool._reactor, address, protocol,
