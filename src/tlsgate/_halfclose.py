@@ -85,6 +85,9 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
     _settled = False
     #: The delayed renewal after a later burst, while one is due.
     _renewal: Any = None
+    #: Bytes OpenSSL wrote as the handshake completed (TLS 1.3 session
+    #: tickets), held back to leave with the next write.
+    _held = 0
 
     def makeConnection(self, transport: Any) -> None:
         # The stock method, except its loop of directlyProvides over the
@@ -157,9 +160,29 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     # -- writing: all of a write's records in one socket write ---------------
 
+    def _checkHandshakeStatus(self) -> None:
+        done = self._handshakeDone
+        super()._checkHandshakeStatus()
+        if (
+            not done
+            and self._handshakeDone
+            and _membio.AVAILABLE
+            and not getattr(self.factory, "is_client", True)
+            and self._tlsConnection.get_protocol_version_name() == "TLSv1.3"
+        ):
+            # A TLS 1.3 server's last handshake output is its session
+            # tickets, which no client waits for: they leave with the first
+            # answer (one send, not two). TLS 1.2's last flight (its
+            # Finished) is waited for, and is never held.
+            self._held = _membio.pending(self._tlsConnection, _membio.FROM)
+
     def _flushSendBIO(self) -> None:
         tls, transport = self._tlsConnection, self.transport
         pending = _membio.pending(tls, _membio.FROM)
+        if self._held:
+            if pending <= self._held:
+                return  # only the tickets: they wait for the next write
+            self._held = 0  # more came (an alert, close_notify): all go now
         if pending > BURST:
             self._grown = True
         while pending:
@@ -180,6 +203,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         # a callLater per write.
         if self._lostTLSConnection:
             return
+        self._held = 0  # the held tickets go first, in the same send
         view = memoryview(data)
         tls = self._tlsConnection
         while view:

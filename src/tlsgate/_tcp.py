@@ -163,9 +163,7 @@ class _Lean:
             this.stopReading()
             this.startWriting()
             return
-        this.stopReading()
-        this.stopWriting()
-        this.connectionLost(connectionDone)
+        this.connectionLost(connectionDone)  # which unregisters it
 
     def writeSomeData(self, data: bytes) -> Any:
         if not data:

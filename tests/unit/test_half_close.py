@@ -526,17 +526,53 @@ def test_the_bios_grown_by_the_handshake_are_renewed_once_drained(
 ) -> None:
     c = Connection(contexts, ca, handshake=False)
     before = bios(c)
-    c.handshake()  # the client's Finished completes it: then they are drained
+    c.handshake()
+    assert bios(c) == before  # the session tickets wait in the output BIO
+    c.send(b"GET / HTTP/1.1\r\n\r\n")
+    c.backend.protocol.dataReceived(b"answer")  # they leave with it
+    c.move()
     after = bios(c)
     assert after[0] != before[0] and after[1] != before[1]
-    c.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert c.read() == (b"answer", None)
     c.send(b"more")
     assert bios(c) == after  # small reads leave them alone
     assert renewals(c) == 0
+    assert c.backend.wire.value() == b"GET / HTTP/1.1\r\n\r\nmore"
+
+
+def test_tls13_session_tickets_leave_with_the_first_answer_in_one_write(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca, handshake=False)
+    c.handshake()
+    c.send(b"request")
+    assert c.wire.value() == b""  # nothing sent since the server's Finished
+    writes = c.wire.writes
     c.backend.protocol.dataReceived(b"answer")
+    assert c.wire.writes == writes + 1
     c.move()
     assert c.read() == (b"answer", None)
-    assert c.backend.wire.value() == b"GET / HTTP/1.1\r\n\r\nmore"
+    session = c.tls.session
+    assert session is not None and session.has_ticket  # the tickets came too
+
+
+def test_tls12_finishes_its_handshake_at_once(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca, version=ssl.TLSVersion.TLSv1_2)  # would stall
+    assert c.tls.version() == "TLSv1.2"
+    c.send(b"request")
+    assert c.backend.wire.value() == b"request"
+
+
+def test_an_alert_after_the_handshake_is_not_held_back(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = Connection(contexts, ca)
+    c.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+    sent = c.wire.value()
+    assert sent  # the tickets, then the alert, went out together
+    assert c.wire.disconnecting
 
 
 def test_after_a_burst_the_bios_are_renewed_a_second_later(
@@ -544,6 +580,9 @@ def test_after_a_burst_the_bios_are_renewed_a_second_later(
 ) -> None:
     c = Connection(contexts, ca)
     c.send(b"hello")
+    c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
+    c.move()
+    assert c.read() == (b"hi", None)
     settled = bios(c)
     c.backend.protocol.dataReceived(b"b" * 100_000)  # a burst to the client
     c.move()
@@ -564,6 +603,9 @@ def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with
 ) -> None:
     c = Connection(contexts, ca)
     c.send(b"hello")
+    c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
+    c.move()
+    assert c.read() == (b"hi", None)
     c.send(b"u" * 50_000)  # a burst from the client
     # Half a record arrives before the renewal is due: OpenSSL keeps the part
     # it read, and the rest comes through the fresh BIO.
