@@ -575,14 +575,20 @@ def test_an_alert_after_the_handshake_is_not_held_back(
     assert c.wire.disconnecting
 
 
-def test_after_a_burst_the_bios_are_renewed_a_second_later(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
+def past_first_answer(contexts: ReloadingContextFactory, ca: trustme.CA) -> Connection:
+    """A connection past its first exchange: its BIOs renewed once already."""
     c = Connection(contexts, ca)
     c.send(b"hello")
     c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
     c.move()
     assert c.read() == (b"hi", None)
+    return c
+
+
+def test_after_a_burst_the_bios_are_renewed_a_second_later(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = past_first_answer(contexts, ca)
     settled = bios(c)
     c.backend.protocol.dataReceived(b"b" * 100_000)  # a burst to the client
     c.move()
@@ -601,11 +607,7 @@ def test_after_a_burst_the_bios_are_renewed_a_second_later(
 def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with_the_connection(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    c = Connection(contexts, ca)
-    c.send(b"hello")
-    c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
-    c.move()
-    assert c.read() == (b"hi", None)
+    c = past_first_answer(contexts, ca)
     c.send(b"u" * 50_000)  # a burst from the client
     # Half a record arrives before the renewal is due: OpenSSL keeps the part
     # it read, and the rest comes through the fresh BIO.

@@ -327,18 +327,22 @@ def test_a_refused_dial_reports_the_error_and_closes(listener: socket.socket) ->
     assert client.socket.fileno() == -1
 
 
+def dial_slowly(
+    reactor: Reactor, listener: socket.socket, results: list[Any]
+) -> LeanClient:
+    """A dial with a 2 s timeout that nothing completes (no doWrite is called)."""
+    return LeanClient.dial(
+        reactor, listener.getsockname(), Recorder(),
+        lambda t, f: results.append((t, f)), timeout=2,
+    )  # fmt: skip
+
+
 def test_a_dial_that_does_not_connect_in_time_fails_with_a_timeout(
     listener: socket.socket,
 ) -> None:
     reactor = Reactor()
     results: list[Any] = []
-    client = LeanClient.dial(
-        reactor,
-        listener.getsockname(),
-        Recorder(),
-        lambda t, f: results.append((t, f)),
-        timeout=2,
-    )
+    client = dial_slowly(reactor, listener, results)
     reactor.advance(2)
     [(transport, reason)] = results
     assert transport is None and reason.check(error.TimeoutError)
@@ -350,13 +354,7 @@ def test_a_dial_that_does_not_connect_in_time_fails_with_a_timeout(
 def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
     reactor = Reactor()
     results: list[Any] = []
-    client = LeanClient.dial(
-        reactor,
-        listener.getsockname(),
-        Recorder(),
-        lambda t, f: results.append((t, f)),
-        timeout=2,
-    )
+    client = dial_slowly(reactor, listener, results)
     client.cancel()
     assert results == [] and reactor.writers == set()
     assert reactor.getDelayedCalls() == [] and client.socket.fileno() == -1
