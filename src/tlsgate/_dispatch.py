@@ -45,7 +45,9 @@ def _do_poll(self: Any, timeout: float | None) -> None:
         except KeyboardInterrupt:
             raise
         except BaseException:
-            log.err(None, f"Unhandled error in {selectable!r}")
+            # No repr of the selectable: after connectionLost it may not
+            # have what its repr reads.
+            log.err(None, f"Unhandled error in a {type(selectable).__name__}")
 
 
 def lean_dispatch(reactor: object) -> bool:

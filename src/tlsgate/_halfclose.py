@@ -95,10 +95,11 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         # load) runs once per kind of transport, not per connection.
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
-        key = providedBy(transport)
+        provided = providedBy(transport)
+        key = (type(self), provided)
         declared = _DECLARED.get(key)
         if declared is None:
-            for interface in key:
+            for interface in provided:
                 directlyProvides(self, interface)
             declared = self.__dict__.get("__provides__")
             if declared is not None:
@@ -151,8 +152,14 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def _renew_later(self) -> None:
         self._renewal = None
-        if self._lostTLSConnection or self.transport is None:
-            return
+        if (
+            self._lostTLSConnection
+            or self.transport is None
+            or self._fin
+            or self.read_closed
+            or self.write_closed
+        ):
+            return  # gone, or an input BIO at EOF that must stay
         if _membio.renew(self._tlsConnection):
             self._grown = False
         else:
@@ -166,6 +173,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         if (
             not done
             and self._handshakeDone
+            and not self._lostTLSConnection
             and _membio.AVAILABLE
             and not getattr(self.factory, "is_client", True)
             and self._tlsConnection.get_protocol_version_name() == "TLSv1.3"
@@ -174,7 +182,10 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             # tickets, which no client waits for: they leave with the first
             # answer (one send, not two). TLS 1.2's last flight (its
             # Finished) is waited for, and is never held.
-            self._held = _membio.pending(self._tlsConnection, _membio.FROM)
+            held = _membio.pending(self._tlsConnection, _membio.FROM)
+            # UNKNOWN (pyOpenSSL's internals not as expected) would hold
+            # everything after it: then nothing is held.
+            self._held = held if 0 < held < _membio.UNKNOWN else 0
 
     def _flushSendBIO(self) -> None:
         tls, transport = self._tlsConnection, self.transport

@@ -49,10 +49,16 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IProtocol, IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorFDSet,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,13 +79,17 @@ class _Closer:
     def __init__(self, reactor: IReactorTime) -> None:
         self.reactor = reactor
         self.pending: list[_Lean] = []
+        self._call: Any = None
 
     def add(self, transport: _Lean) -> None:
-        if not self.pending:
-            self.reactor.callLater(0, self.run)
+        # A call cancelled from outside (a test's reactor clean-up) must not
+        # leave the closes pending forever.
+        if self._call is None or not self._call.active():
+            self._call = self.reactor.callLater(0, self.run)
         self.pending.append(transport)
 
     def run(self) -> None:
+        self._call = None
         pending, self.pending = self.pending, []
         for transport in pending:
             try:
@@ -88,14 +98,15 @@ class _Closer:
                 self._log.failure("closing {transport!r}", transport=transport)
 
 
-#: id(reactor) -> its closer (one or two reactors per process; tests make more).
-_CLOSERS: dict[int, _Closer] = {}
+#: reactor -> its closer (one or two reactors per process; tests make more,
+#: which go with their closers).
+_CLOSERS: WeakKeyDictionary[Any, _Closer] = WeakKeyDictionary()
 
 
 def _closer(reactor: Any) -> _Closer:
-    closer = _CLOSERS.get(id(reactor))
-    if closer is None or closer.reactor is not reactor:
-        closer = _CLOSERS[id(reactor)] = _Closer(reactor)
+    closer = _CLOSERS.get(reactor)
+    if closer is None:
+        closer = _CLOSERS[reactor] = _Closer(reactor)
     return closer
 
 
@@ -142,6 +153,7 @@ class _Lean:
         if (
             this.connected
             and not this.disconnecting
+            and not this._aborting
             and not this._writeDisconnected
             and not this.dataBuffer
             and not this._tempDataBuffer
@@ -156,8 +168,8 @@ class _Lean:
     def _close_now(self) -> None:
         """The turn after C{loseConnection()}: close, unless writes came since."""
         this: Any = self
-        if not this.connected or this.disconnected:
-            return  # lost meanwhile (reset, abort)
+        if not this.connected or this.disconnected or this._aborting:
+            return  # lost meanwhile (reset), or aborting (which ends it)
         if this.dataBuffer or this._tempDataBuffer or this.producer is not None:
             # Written to after loseConnection(): flush first, as Twisted does.
             this.stopReading()
@@ -226,7 +238,8 @@ class LeanServer(_Lean, tcp.Server):
         self.connected = 1
 
     def __repr__(self) -> str:
-        return f"<{type(self.protocol).__name__} #{self.sessionno} (tlsgate)>"
+        protocol = getattr(self, "protocol", None)  # gone after connectionLost
+        return f"<{type(protocol).__name__} #{self.sessionno} (tlsgate)>"
 
 
 def use_lean_transports(port: object) -> None:
@@ -266,26 +279,27 @@ class LeanClient(_Lean, tcp.Connection):
     A TCP connection dialled to an IP address (see the module).
 
     Made by L{LeanClient.dial}; until it connects, L{cancel} abandons it.
+    Like Twisted's connector, it calls the factory's C{doStart} when it
+    dials and C{doStop} when the attempt fails or the connection ends, and
+    builds the protocol only once connected.
     """
 
     def __init__(
         self,
         sock: socket.socket,
         address: tuple[Any, ...],
-        protocol: IProtocol,
+        factory: IProtocolFactory,
         reactor: Any,
         done: DialDone,
-        family: int = socket.AF_INET,
+        family: int,
     ) -> None:
         # tcp.Connection.__init__ without setblocking (socket() made it so).
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self.socket = sock
         self.fileno = sock.fileno
-        self.protocol = protocol
         self.realAddress = address
-        self._address_type = (
-            IPv6Address if sock.family == socket.AF_INET6 else IPv4Address
-        )
+        self._address_type = IPv6Address if family == socket.AF_INET6 else IPv4Address
+        self._factory: IProtocolFactory | None = factory
         self._done: DialDone | None = done
         self._timeout: Any = None
         self._no_delay = True
@@ -295,36 +309,69 @@ class LeanClient(_Lean, tcp.Connection):
         cls,
         reactor: Any,
         address: tuple[Any, ...],
-        protocol: IProtocol,
+        factory: IProtocolFactory,
         done: DialDone,
         timeout: float = 0,
+        clock: IReactorTime | None = None,
     ) -> LeanClient:
         """
-        Connect C{protocol} to C{address} (an IP address and a port, or the
-        4-tuple of an IPv6 address). C{done} is called once: with the
-        transport, after C{protocol.makeConnection}; or with the failure
-        (refused, unreachable, C{timeout} seconds passed) and no protocol call.
+        Connect a protocol of C{factory} to C{address} (an IP address and a
+        port, or the 4-tuple of an IPv6 address). C{done} is called once: with
+        the transport, after the protocol's C{makeConnection}; or with the
+        failure (no socket to be had, refused, unreachable, C{timeout} seconds
+        passed on C{clock}, the factory built no protocol). It may be called
+        before this returns.
         """
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(sock, address, protocol, reactor, done, family)
-        code = sock.connect_ex(address)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:  # out of descriptors or buffers, as stock reports it
+            done(None, Failure(error.ConnectBindError(e.errno, e.strerror)))
+            return cls._unusable(address, factory, reactor, family)
+        client = cls(sock, address, factory, reactor, done, family)
+        factory.doStart()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(address)
+        except OSError as e:
+            code = e.errno or errno.EINVAL
         if code not in (0, errno.EINPROGRESS):
             client._fail(code)
             return client
         if timeout > 0:
-            clock: IReactorTime = reactor
-            client._timeout = clock.callLater(timeout, client._timed_out)
+            client._timeout = (clock or reactor).callLater(timeout, client._timed_out)
         # Connected or not, writability says so (at once when it is).
         client.startWriting()
+        return client
+
+    @classmethod
+    def _unusable(
+        cls,
+        address: tuple[Any, ...],
+        factory: IProtocolFactory,
+        reactor: Any,
+        family: int,
+    ) -> LeanClient:
+        """A client that never had a socket: cancelling it does nothing."""
+        client = cls.__new__(cls)
+        abstract.FileDescriptor.__init__(client, reactor=reactor)
+        client.realAddress = address
+        client._address_type = IPv6Address if family == socket.AF_INET6 else IPv4Address
+        client._factory = None
+        client._done = None
+        client._timeout = None
+        client.disconnected = 1
         return client
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return self._address_type("TCP", *self.realAddress[:2])
 
     def getHost(self) -> IPv4Address | IPv6Address:
-        return self._address_type("TCP", *self.socket.getsockname()[:2])
+        try:
+            host, port = self.socket.getsockname()[:2]
+        except (OSError, AttributeError):  # closed: the attempt failed or ended
+            host, port = ("::" if self._address_type is IPv6Address else "0.0.0.0"), 0
+        return self._address_type("TCP", host, port)
 
     def __repr__(self) -> str:
         return f"<LeanClient to {self.realAddress[0]}:{self.realAddress[1]}>"
@@ -334,16 +381,37 @@ class LeanClient(_Lean, tcp.Connection):
     def doWrite(self) -> Any:
         if self._done is None:
             return tcp.Connection.doWrite(self)
-        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
+        # connect() again, as Twisted's connector does: it answers for this
+        # socket, whatever event woke us (EISCONN: connected).
+        code = self.socket.connect_ex(self.realAddress)
+        if code in (errno.EINPROGRESS, errno.EALREADY):
+            return None  # not yet
+        if code not in (0, errno.EISCONN):
             self._fail(code)
             return None
         done, self._done = self._done, None
         self._cancel_timeout()
+        factory = self._factory
+        assert factory is not None
+        try:
+            protocol = factory.buildProtocol(self.getPeer())
+        except Exception:
+            self._factory = None
+            self._close_attempt()
+            factory.doStop()
+            done(None, Failure())
+            return None
+        if protocol is None:
+            self._factory = None
+            self._close_attempt()
+            factory.doStop()
+            done(None, Failure(error.NoProtocol()))
+            return None
+        self.protocol = protocol
         self.connected = 1
         self.stopWriting()
         self.startReading()
-        self.protocol.makeConnection(self)
+        protocol.makeConnection(self)
         done(self, None)
         return None
 
@@ -354,28 +422,41 @@ class LeanClient(_Lean, tcp.Connection):
             self._fail(code or errno.ECONNREFUSED)
             return
         tcp.Connection.connectionLost(self, reason)
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.doStop()
 
     def cancel(self) -> None:
         """Abandon the attempt (nothing is called back); once connected: abort."""
         if self._done is None:
-            self.abortConnection()
+            if self.connected:
+                self.abortConnection()
             return
         self._done = None
         self._close_attempt()
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.doStop()
 
     def _timed_out(self) -> None:
         self._timeout = None
-        done, self._done = self._done, None
-        if done is None:
+        if self._done is None:
             return
-        self._close_attempt()
-        done(None, Failure(error.TimeoutError(f"connecting to {self.realAddress[0]}")))
+        self._end_attempt(
+            Failure(error.TimeoutError(f"connecting to {self.realAddress[0]}"))
+        )
 
     def _fail(self, code: int) -> None:
+        self._end_attempt(Failure(error.getConnectError((code, os.strerror(code)))))
+
+    def _end_attempt(self, reason: Failure) -> None:
         done, self._done = self._done, None
         self._close_attempt()
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.doStop()
         if done is not None:
-            done(None, Failure(error.getConnectError((code, os.strerror(code)))))
+            done(None, reason)
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None:

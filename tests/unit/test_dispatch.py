@@ -85,3 +85,29 @@ def test_other_reactors_are_left_alone() -> None:
     clock = Clock()
     assert not lean_dispatch(clock)
     assert "doIteration" not in vars(clock)
+
+
+def test_an_error_while_a_connection_is_lost_is_logged_and_the_batch_goes_on(
+    reactor: EPollReactor,
+) -> None:
+    class Broken(Recorder):
+        def connectionLost(self, reason: Any = None) -> None:
+            raise RuntimeError("bug in connectionLost")
+
+    ours, theirs = socket.socketpair()
+    broken = Broken()
+    transport = LeanServer(ours, broken, ("a", 1), None, 1, reactor)
+    broken.makeConnection(transport)
+    good, _, good_peer = connected(reactor)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        theirs.close()  # the broken one is lost; its connectionLost raises
+        good_peer.sendall(b"still served")
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert good.data == b"still served"
+    failures = [e.get("log_failure") or e.get("failure") for e in events]
+    assert any(f is not None and f.check(RuntimeError) for f in failures)
+    good_peer.close()

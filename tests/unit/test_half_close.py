@@ -625,3 +625,17 @@ def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with
     c.move()
     c.tcp_closed()
     assert renewals(c) == 0  # the due renewal went with it
+
+
+def test_without_pyopenssls_bio_internals_nothing_is_held(
+    contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlsgate import _membio
+
+    monkeypatch.setattr(_membio, "FROM", "_renamed_in_some_pyopenssl")
+    c = Connection(contexts, ca)
+    assert c.server._held == 0
+    c.send(b"request")
+    c.backend.fin()  # finishes without a word: close_notify must still go out
+    c.move()
+    assert c.read() == (b"", "close_notify")

@@ -73,6 +73,24 @@ class Recorder(Protocol):
         self.lost = reason
 
 
+class OneProtocol(Factory):
+    """Builds one L{Recorder} (or none), counting doStart and doStop."""
+
+    def __init__(self, build: bool = True) -> None:
+        self.built = Recorder()
+        self.build = build
+        self.starts = self.stops = 0
+
+    def doStart(self) -> None:
+        self.starts += 1
+
+    def doStop(self) -> None:
+        self.stops += 1
+
+    def buildProtocol(self, addr: Any) -> Recorder | None:  # type: ignore[override]
+        return self.built if self.build else None
+
+
 class Sock:
     """A socket that records the calls a transport makes."""
 
@@ -289,13 +307,15 @@ def writable(transport: LeanClient) -> None:
 
 def test_a_dial_connects_the_protocol_then_reports(listener: socket.socket) -> None:
     reactor = Reactor()
-    protocol = Recorder()
+    factory = OneProtocol()
+    protocol = factory.built
     results: list[Any] = []
     address = listener.getsockname()
     client = LeanClient.dial(
-        reactor, address, protocol, lambda t, f: results.append((t, f)), timeout=5
+        reactor, address, factory, lambda t, f: results.append((t, f)), timeout=5
     )
     assert reactor.writers == {client} and results == []
+    assert not protocol.made  # built only once connected
     writable(client)
     client.doWrite()
     assert results == [(client, None)] and protocol.made
@@ -307,24 +327,59 @@ def test_a_dial_connects_the_protocol_then_reports(listener: socket.socket) -> N
     client.write(b"GET")
     assert accepted.recv(10) == b"GET"
     accepted.close()
+    assert (factory.starts, factory.stops) == (1, 0)
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert (factory.starts, factory.stops) == (1, 1) and protocol.lost is not None
 
 
 def test_a_refused_dial_reports_the_error_and_closes(listener: socket.socket) -> None:
     address = listener.getsockname()
     listener.close()  # nothing listens there any more
     reactor = Reactor()
-    protocol = Recorder()
+    factory = OneProtocol()
     results: list[Any] = []
     client = LeanClient.dial(
-        reactor, address, protocol, lambda t, f: results.append((t, f))
+        reactor, address, factory, lambda t, f: results.append((t, f))
     )
     if not results:
         writable(client)
         client.doWrite()
     [(transport, reason)] = results
     assert transport is None and reason.check(error.ConnectionRefusedError)
-    assert not protocol.made and reactor.writers == set()
+    assert not factory.built.made and reactor.writers == set()
     assert client.socket.fileno() == -1
+    assert (factory.starts, factory.stops) == (1, 1)
+
+
+def test_no_socket_to_be_had_is_a_failed_dial_not_an_exception(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_descriptors(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", out_of_descriptors)
+    results: list[Any] = []
+    client = LeanClient.dial(
+        Reactor(), listener.getsockname(), OneProtocol(),
+        lambda t, f: results.append((t, f)),
+    )  # fmt: skip
+    [(transport, reason)] = results
+    assert transport is None and reason.check(error.ConnectBindError)
+    client.cancel()  # harmless
+
+
+def test_a_factory_that_builds_nothing_fails_the_dial(listener: socket.socket) -> None:
+    reactor = Reactor()
+    factory = OneProtocol(build=False)
+    results: list[Any] = []
+    client = LeanClient.dial(
+        reactor, listener.getsockname(), factory, lambda t, f: results.append((t, f))
+    )
+    writable(client)
+    client.doWrite()
+    [(transport, reason)] = results
+    assert transport is None and reason.check(error.NoProtocol)
+    assert client.socket.fileno() == -1 and (factory.starts, factory.stops) == (1, 1)
 
 
 def dial_slowly(
@@ -332,7 +387,7 @@ def dial_slowly(
 ) -> LeanClient:
     """A dial with a 2 s timeout that nothing completes (no doWrite is called)."""
     return LeanClient.dial(
-        reactor, listener.getsockname(), Recorder(),
+        reactor, listener.getsockname(), OneProtocol(),
         lambda t, f: results.append((t, f)), timeout=2,
     )  # fmt: skip
 
@@ -395,3 +450,35 @@ def test_the_pool_fails_over_from_a_refused_direct_backend(
     assert reason is None and isinstance(protocol, Recorder) and protocol.made
     assert pool.connect_failures == {"dead": 1} and pool.is_down("dead")
     protocol.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def test_an_abort_after_a_close_still_aborts() -> None:
+    ours, theirs = socket.socketpair()
+    reactor = Reactor()
+    protocol = Recorder()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    transport.loseConnection()  # queued to close next turn
+    transport.abortConnection()
+    reactor.advance(0)  # both the closer's call and the abort's
+    assert protocol.lost is not None and protocol.lost.check(error.ConnectionAborted)
+    theirs.close()
+
+
+def test_a_direct_backend_keeps_its_endpoints_own_timeout() -> None:
+    reactor = Reactor()
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", 80, timeout=2)  # type: ignore[arg-type]
+    backend = Backend.of("tcp:127.0.0.1:80:timeout=2", ep)
+    assert backend.address == ("127.0.0.1", 80) and backend.timeout == 2
+    dialled: list[float] = []
+    pool = BackendPool([backend], clock=reactor, connect_timeout=5, reactor=reactor)
+    pool.dial(Factory.forProtocol(Recorder), lambda p, f: dialled.append(1))
+    [call] = reactor.getDelayedCalls()
+    assert call.getTime() == 2  # the shorter of the pool's 5 s and the endpoint's 2 s
+    unlimited = BackendPool(
+        [backend], clock=reactor, connect_timeout=0, reactor=reactor
+    )
+    unlimited.dial(Factory.forProtocol(Recorder), lambda p, f: dialled.append(1))
+    assert len(reactor.getDelayedCalls()) == 2  # 0: the endpoint's own, still
+    reactor.advance(2)
+    assert len(dialled) == 2

@@ -69,6 +69,20 @@ def direct_address(endpoint: IStreamClientEndpoint) -> tuple[str, int] | None:
     return (host, port)
 
 
+def endpoint_timeout(endpoint: IStreamClientEndpoint) -> float:
+    """
+    A TCP endpoint's own connect timeout (C{tcp:...:timeout=N}, 30 s unless
+    given), which a direct dial keeps; 0 when it has none.
+    """
+    timeout = getattr(endpoint, "_timeout", 0)
+    return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 0.0
+
+
+def _shortest(a: float, b: float) -> float:
+    """The shorter of two timeouts, where 0 means none."""
+    return min(a, b) if a and b else a or b
+
+
 @dataclass(frozen=True)
 class Backend:
     """
@@ -76,11 +90,14 @@ class Backend:
 
     @ivar address: where to dial it directly (L{direct_address}), when it is
         a plain TCP endpoint to an IP address and a reactor is at hand.
+    @ivar timeout: the endpoint's own connect timeout (L{endpoint_timeout}),
+        which a direct dial keeps beside the pool's.
     """
 
     description: str
     endpoint: IStreamClientEndpoint
     address: tuple[str, int] | None = field(default=None, compare=False)
+    timeout: float = field(default=0.0, compare=False)
 
     @cached_property
     def peer(self) -> IPv4Address | IPv6Address:
@@ -91,7 +108,9 @@ class Backend:
     @classmethod
     def of(cls, description: str, endpoint: IStreamClientEndpoint) -> Backend:
         """A backend dialled directly when its endpoint allows (L{direct_address})."""
-        return cls(description, endpoint, direct_address(endpoint))
+        return cls(
+            description, endpoint, direct_address(endpoint), endpoint_timeout(endpoint)
+        )
 
 
 class BackendPool:
@@ -195,7 +214,7 @@ class BackendPool:
         self._backoff[backend.description] = backoff
         self._down_until[backend.description] = self._clock.seconds() + backoff
         if reason.check(TimeoutError, ConnectTimeoutError):
-            why = f"no connection within {self._timeout:g}s"
+            why = f"no connection within {_shortest(self._timeout, backend.timeout):g}s"
         else:
             why = reason.getErrorMessage()
         self._log.warn(
@@ -269,13 +288,12 @@ class _Walk:
         backend = self._order[index]
         pool = self._pool
         if backend.address is not None and pool._reactor is not None:
-            address = backend.address
-            protocol = self._factory.buildProtocol(backend.peer)
-            assert protocol is not None
             client = LeanClient.dial(
-                pool._reactor, address, protocol,
-                lambda transport, reason: self._ended(index, protocol, reason),
-                pool._timeout,
+                pool._reactor, backend.address, self._factory,
+                lambda transport, reason: self._ended(
+                    index, None if transport is None else transport.protocol, reason
+                ),
+                _shortest(pool._timeout, backend.timeout), pool._clock,
             )  # fmt: skip
             if self._index == index and self._done is not None:
                 self._current = client.cancel
