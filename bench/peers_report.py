@@ -13,13 +13,15 @@ import re
 import statistics
 from typing import Any
 
-SERVERS = ["tlsgate", "bare", "portforward", "hitch", "haproxy", "nginx"]
-# portforward (Twisted's stock forwarder, bench/portforward.py) runs when named.
-DEFAULT_SERVERS = [s for s in SERVERS if s != "portforward"]
+SERVERS = ["tlsgate", "bare", "portforward", "floor", "hitch", "haproxy", "nginx"]
+# portforward (Twisted's stock forwarder, bench/portforward.py) and floor (the
+# least a Python relay over pyOpenSSL does, bench/floor_relay.py) run when named.
+DEFAULT_SERVERS = [s for s in SERVERS if s not in ("portforward", "floor")]
 LABELS = {
     "tlsgate": "tlsgate (twistd -n tlsgate --config)",
     "bare": "bare Twisted forwarder, static context",
     "portforward": "twisted.protocols.portforward, static context",
+    "floor": "floor: minimal Python relay over pyOpenSSL, no Twisted, no features",
     "hitch": "hitch",
     "haproxy": "HAProxy",
     "nginx": "nginx stream",

@@ -1,0 +1,217 @@
+"""
+The floor: the least a Python TLS relay over pyOpenSSL's memory BIOs can do
+per connection, for bench/peers.py (its C{floor} row, only when named in
+C{--only}).
+
+One process, one C{select.epoll}, one C{__slots__} object per connection
+holding the accepted socket, the C{SSL.Connection} over two memory BIOs and
+the backend socket; the same context as tlsgate's (C{build_server_context},
+no session resumption). It has none of tlsgate's features: no Twisted, no
+certificate check per connection, no limits, timeouts or counts, no
+half-close (the first end of either side closes both, after a close_notify
+to the client), no PROXY header, no failover. What tlsgate spends above this
+row is its features and its layers; what this row spends above hitch is
+Python and pyOpenSSL.
+
+Not a test and not run in CI.
+
+    python bench/floor_relay.py --cert cert.pem --key key.pem \\
+        --port 8443 --backend 127.0.0.1:8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from OpenSSL import SSL
+
+from tlsgate.certs import TLSPolicy, parse_certified_key
+from tlsgate.certs._policy import build_server_context
+
+IN, OUT = select.EPOLLIN, select.EPOLLOUT
+WantRead = SSL.WantReadError
+
+
+class Conn:
+    """One relayed connection: client socket, TLS, backend socket, and what waits."""
+
+    __slots__ = ("back", "back_out", "client", "client_out", "done", "tls")
+
+    def __init__(self, client: socket.socket, ctx: SSL.Context) -> None:
+        self.client = client
+        self.tls = SSL.Connection(ctx, None)
+        self.tls.set_accept_state()
+        self.back: socket.socket | None = None
+        self.client_out = b""  # encrypted, for the client
+        self.back_out = b""  # plain, for the backend
+        self.done = False
+
+
+class Relay:
+    def __init__(self, ctx: SSL.Context, port: int, backend: tuple[str, int]) -> None:
+        self.ctx = ctx
+        self.backend = backend
+        self.ep = select.epoll()
+        self.fds: dict[int, tuple[Conn, bool]] = {}
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(4096)
+        self.listener.setblocking(False)
+        self.ep.register(self.listener.fileno(), IN)
+
+    def run(self) -> None:
+        lfd = self.listener.fileno()
+        while True:
+            for fd, ev in self.ep.poll():
+                if fd == lfd:
+                    self.accept()
+                    continue
+                entry = self.fds.get(fd)
+                if entry is None:
+                    continue
+                c, is_back = entry
+                if ev & OUT:
+                    self.flush(c, is_back)
+                if ev & (IN | select.EPOLLHUP | select.EPOLLERR) and not c.done:
+                    if is_back:
+                        self.backend_readable(c)
+                    else:
+                        self.client_readable(c)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                s, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            s.setblocking(False)
+            c = Conn(s, self.ctx)
+            self.fds[s.fileno()] = (c, False)
+            self.ep.register(s.fileno(), IN)
+
+    def client_readable(self, c: Conn) -> None:
+        try:
+            data = c.client.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(c)
+            return
+        c.tls.bio_write(data)
+        if c.back is None:
+            try:
+                c.tls.do_handshake()
+            except WantRead:
+                self.send_tls(c)
+                return
+            except SSL.Error:
+                self.close(c)
+                return
+            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = b.connect_ex(self.backend)
+            if code not in (0, errno.EINPROGRESS):
+                b.close()
+                self.close(c)
+                return
+            c.back = b
+            self.fds[b.fileno()] = (c, True)
+            self.ep.register(b.fileno(), IN | OUT)  # OUT: connected
+        while True:
+            try:
+                plain = c.tls.recv(65536)
+            except WantRead:
+                break
+            except (SSL.ZeroReturnError, SSL.Error):
+                self.close(c)
+                return
+            c.back_out += plain
+        self.send_tls(c)
+        self.flush(c, True)
+
+    def backend_readable(self, c: Conn) -> None:
+        assert c.back is not None
+        try:
+            data = c.back.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(c)
+            return
+        c.tls.sendall(data)
+        self.send_tls(c)
+
+    def send_tls(self, c: Conn) -> None:
+        with contextlib.suppress(WantRead):
+            c.client_out += c.tls.bio_read(1 << 20)
+        self.flush(c, False)
+
+    def flush(self, c: Conn, to_back: bool) -> None:
+        sock = c.back if to_back else c.client
+        pending = c.back_out if to_back else c.client_out
+        if sock is None or c.done:
+            return
+        if pending:
+            try:
+                sent = sock.send(pending)
+            except (BlockingIOError, OSError):
+                sent = 0
+            pending = pending[sent:]
+            if to_back:
+                c.back_out = pending
+            else:
+                c.client_out = pending
+        self.ep.modify(sock.fileno(), IN | OUT if pending else IN)
+
+    def close(self, c: Conn) -> None:
+        if c.done:
+            return
+        try:
+            c.tls.shutdown()  # close_notify
+            c.client.send(c.client_out + c.tls.bio_read(65536))
+        except (SSL.Error, OSError):
+            pass
+        c.done = True
+        for s in (c.client, c.back):
+            if s is not None:
+                self.fds.pop(s.fileno(), None)
+                self.ep.unregister(s.fileno())
+                s.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--backend", required=True, help="IP:PORT")
+    a = p.parse_args()
+    material = parse_certified_key(
+        Path(a.cert).read_bytes(), Path(a.key).read_bytes(),
+        cert_path=a.cert, key_path=a.key,
+    )  # fmt: skip
+    ctx = build_server_context(material, TLSPolicy(session_resumption=False))
+    host, _, port = a.backend.rpartition(":")
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    Relay(ctx, a.port, (host, int(port))).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
