@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -49,8 +50,39 @@ def twistd() -> str:
     return found
 
 
+#: Ports handed out by free_port, below the kernel's ephemeral range.
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """
+    A port free now, for a gateway to listen on in a moment. Not one from
+    the kernel's ephemeral range: there, any outgoing connection made in the
+    meantime (a backend dial, a client) may take it as its local port, and
+    the gateway's bind then fails with "Address already in use".
+    """
+    low, _ = _ephemeral_range()
+    top = low - 1 if low > 12000 else 60999
+    for _ in range(200):
+        port = random.randint(10000, top)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # nothing found: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
