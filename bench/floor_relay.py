@@ -13,10 +13,15 @@ to the client), no PROXY header, no failover. What tlsgate spends above this
 row is its features and its layers; what this row spends above hitch is
 Python and pyOpenSSL.
 
+C{--socket-bio} runs the same floor with OpenSSL reading and writing the
+client's socket itself (handshake figures only), to tell what the memory
+BIOs cost from what the layers above them cost; started by hand, as in
+docs/benchmarks.md.
+
 Not a test and not run in CI.
 
     python bench/floor_relay.py --cert cert.pem --key key.pem \\
-        --port 8443 --backend 127.0.0.1:8080
+        --port 8443 --backend 127.0.0.1:8080 [--socket-bio]
 """
 
 from __future__ import annotations
@@ -195,12 +200,89 @@ class Relay:
                 s.close()
 
 
+class SocketBioRelay(Relay):
+    """
+    The same floor with OpenSSL reading and writing the client's socket
+    itself (a socket BIO): no memory BIOs, no copies through Python. For
+    telling what the memory BIOs cost from what the layers above them cost.
+    """
+
+    def accept(self) -> None:
+        while True:
+            try:
+                s, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            s.setblocking(False)
+            c = Conn(s, self.ctx)
+            c.tls = SSL.Connection(self.ctx, s)
+            c.tls.set_accept_state()
+            self.fds[s.fileno()] = (c, False)
+            self.ep.register(s.fileno(), IN)
+
+    def client_readable(self, c: Conn) -> None:
+        if c.back is None:
+            try:
+                c.tls.do_handshake()
+            except (SSL.WantReadError, SSL.WantWriteError):
+                return
+            except SSL.Error:
+                self.close(c)
+                return
+            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if b.connect_ex(self.backend) not in (0, errno.EINPROGRESS):
+                b.close()
+                self.close(c)
+                return
+            c.back = b
+            self.fds[b.fileno()] = (c, True)
+            self.ep.register(b.fileno(), IN | OUT)
+        while True:
+            try:
+                c.back_out += c.tls.recv(65536)
+            except (SSL.WantReadError, SSL.WantWriteError):
+                break
+            except SSL.Error:
+                self.close(c)
+                return
+        self.flush(c, True)
+
+    def backend_readable(self, c: Conn) -> None:
+        assert c.back is not None
+        try:
+            data = c.back.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(c)
+            return
+        c.tls.sendall(data)  # small answers: the socket takes them at once
+
+    def close(self, c: Conn) -> None:
+        if c.done:
+            return
+        with contextlib.suppress(SSL.Error):
+            c.tls.shutdown()  # close_notify, written by OpenSSL
+        c.done = True
+        for s in (c.client, c.back):
+            if s is not None:
+                self.fds.pop(s.fileno(), None)
+                self.ep.unregister(s.fileno())
+                s.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--backend", required=True, help="IP:PORT")
+    p.add_argument("--socket-bio", action="store_true",
+                   help="OpenSSL reads and writes the client socket (handshake"
+                   " figures only: large answers are not flow-controlled)")  # fmt: skip
     a = p.parse_args()
     material = parse_certified_key(
         Path(a.cert).read_bytes(), Path(a.key).read_bytes(),
@@ -209,7 +291,8 @@ def main() -> int:
     ctx = build_server_context(material, TLSPolicy(session_resumption=False))
     host, _, port = a.backend.rpartition(":")
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    Relay(ctx, a.port, (host, int(port))).run()
+    relay = SocketBioRelay if a.socket_bio else Relay
+    relay(ctx, a.port, (host, int(port))).run()
     return 0
 
 
