@@ -47,6 +47,16 @@ IN, OUT = select.EPOLLIN, select.EPOLLOUT
 WantRead = SSL.WantReadError
 
 
+def read(sock: socket.socket) -> bytes | None:
+    """What the socket has: C{None} for nothing yet, C{b""} for its end."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class Conn:
     """One relayed connection: client socket, TLS, backend socket, and what waits."""
 
@@ -102,63 +112,70 @@ class Relay:
             except BlockingIOError:
                 return
             s.setblocking(False)
-            c = Conn(s, self.ctx)
+            c = self.connection(s)
             self.fds[s.fileno()] = (c, False)
             self.ep.register(s.fileno(), IN)
 
+    def connection(self, s: socket.socket) -> Conn:
+        return Conn(s, self.ctx)
+
     def client_readable(self, c: Conn) -> None:
-        try:
-            data = c.client.recv(65536)
-        except BlockingIOError:
+        data = read(c.client)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.close(c)
             return
         c.tls.bio_write(data)
-        if c.back is None:
+        if c.back is None and not self.handshake(c):
+            self.send_tls(c)
+            return
+        self.relay_in(c)
+        self.send_tls(c)
+
+    def handshake(self, c: Conn) -> bool:
+        """Go on with the handshake; once done, dial the backend. Whether both are."""
+        try:
+            c.tls.do_handshake()
+        except (SSL.WantReadError, SSL.WantWriteError):
+            return False
+        except SSL.Error:
+            self.close(c)
+            return False
+        b = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if b.connect_ex(self.backend) not in (0, errno.EINPROGRESS):
+            b.close()
+            self.close(c)
+            return False
+        c.back = b
+        self.fds[b.fileno()] = (c, True)
+        self.ep.register(b.fileno(), IN | OUT)  # OUT: connected
+        return True
+
+    def relay_in(self, c: Conn) -> None:
+        """What the client sent, decrypted, to the backend."""
+        while not c.done:
             try:
-                c.tls.do_handshake()
-            except WantRead:
-                self.send_tls(c)
-                return
+                c.back_out += c.tls.recv(65536)
+            except (SSL.WantReadError, SSL.WantWriteError):
+                break
             except SSL.Error:
                 self.close(c)
                 return
-            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            code = b.connect_ex(self.backend)
-            if code not in (0, errno.EINPROGRESS):
-                b.close()
-                self.close(c)
-                return
-            c.back = b
-            self.fds[b.fileno()] = (c, True)
-            self.ep.register(b.fileno(), IN | OUT)  # OUT: connected
-        while True:
-            try:
-                plain = c.tls.recv(65536)
-            except WantRead:
-                break
-            except (SSL.ZeroReturnError, SSL.Error):
-                self.close(c)
-                return
-            c.back_out += plain
-        self.send_tls(c)
         self.flush(c, True)
 
     def backend_readable(self, c: Conn) -> None:
         assert c.back is not None
-        try:
-            data = c.back.recv(65536)
-        except BlockingIOError:
+        data = read(c.back)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.close(c)
             return
+        self.to_client(c, data)
+
+    def to_client(self, c: Conn, data: bytes) -> None:
         c.tls.sendall(data)
         self.send_tls(c)
 
@@ -192,6 +209,9 @@ class Relay:
             c.client.send(c.client_out + c.tls.bio_read(65536))
         except (SSL.Error, OSError):
             pass
+        self.forget(c)
+
+    def forget(self, c: Conn) -> None:
         c.done = True
         for s in (c.client, c.back):
             if s is not None:
@@ -207,58 +227,18 @@ class SocketBioRelay(Relay):
     telling what the memory BIOs cost from what the layers above them cost.
     """
 
-    def accept(self) -> None:
-        while True:
-            try:
-                s, _ = self.listener.accept()
-            except BlockingIOError:
-                return
-            s.setblocking(False)
-            c = Conn(s, self.ctx)
-            c.tls = SSL.Connection(self.ctx, s)
-            c.tls.set_accept_state()
-            self.fds[s.fileno()] = (c, False)
-            self.ep.register(s.fileno(), IN)
+    def connection(self, s: socket.socket) -> Conn:
+        c = Conn(s, self.ctx)
+        c.tls = SSL.Connection(self.ctx, s)
+        c.tls.set_accept_state()
+        return c
 
     def client_readable(self, c: Conn) -> None:
-        if c.back is None:
-            try:
-                c.tls.do_handshake()
-            except (SSL.WantReadError, SSL.WantWriteError):
-                return
-            except SSL.Error:
-                self.close(c)
-                return
-            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if b.connect_ex(self.backend) not in (0, errno.EINPROGRESS):
-                b.close()
-                self.close(c)
-                return
-            c.back = b
-            self.fds[b.fileno()] = (c, True)
-            self.ep.register(b.fileno(), IN | OUT)
-        while True:
-            try:
-                c.back_out += c.tls.recv(65536)
-            except (SSL.WantReadError, SSL.WantWriteError):
-                break
-            except SSL.Error:
-                self.close(c)
-                return
-        self.flush(c, True)
+        if c.back is None and not self.handshake(c):
+            return  # OpenSSL wrote what the handshake needed itself
+        self.relay_in(c)
 
-    def backend_readable(self, c: Conn) -> None:
-        assert c.back is not None
-        try:
-            data = c.back.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close(c)
-            return
+    def to_client(self, c: Conn, data: bytes) -> None:
         c.tls.sendall(data)  # small answers: the socket takes them at once
 
     def close(self, c: Conn) -> None:
@@ -266,12 +246,7 @@ class SocketBioRelay(Relay):
             return
         with contextlib.suppress(SSL.Error):
             c.tls.shutdown()  # close_notify, written by OpenSSL
-        c.done = True
-        for s in (c.client, c.back):
-            if s is not None:
-                self.fds.pop(s.fileno(), None)
-                self.ep.unregister(s.fileno())
-                s.close()
+        self.forget(c)
 
 
 def main() -> int:
