@@ -112,10 +112,10 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         # costs an idle connection about 125 bytes (see unregisterProtocol).
         if self._connectWrapped:
             ProtocolWrapper.makeConnection(self, transport)
+        # A server has nothing to say before the ClientHello: the stock
+        # layer's do_handshake() here would only raise WantReadError.
         if getattr(self.factory, "is_client", True):
             self._checkHandshakeStatus()
-        # A server has nothing to say before the ClientHello: the stock
-        # layer's do_handshake() here only raises WantReadError.
 
     def _half_closeable(self) -> bool:
         return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
@@ -146,9 +146,9 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
                 self._settled = True
                 self._grown = False
             return
-        clock = getattr(self.factory, "clock", None)
-        if clock is not None:
-            self._renewal = clock.callLater(RENEW_AFTER, self._renew_later)
+        # The factory's clock: the one Twisted's TLS factory keeps (its
+        # argument, or the reactor).
+        self._renewal = self.factory._clock.callLater(RENEW_AFTER, self._renew_later)
 
     def _renew_later(self) -> None:
         self._renewal = None
@@ -342,12 +342,6 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         #: Whether this side speaks first (a client sends its hello at once).
         self.is_client = isClient
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
-        #: Schedules the renewal of a connection's BIOs after a burst.
-        self.clock = clock
 
     def unregisterProtocol(self, p: Any) -> None:
         # Protocols are not registered (see HalfCloseTLSProtocol.makeConnection).

@@ -130,6 +130,8 @@ class ConnectionTracker:
         self.bytes_in_closed = 0
         self.bytes_out_closed = 0
         self.closed: Counter[CloseReason] = Counter()
+        #: Open connections per client address, without C{shared} only (with
+        #: it, the shared counts are the ones that hold gateway-wide).
         self._per_client: Counter[str] = Counter()
         self._refused_hosts: set[str] = set()
         self._accept_paused = False
@@ -166,11 +168,11 @@ class ConnectionTracker:
         protocol = TrackedProtocol(self, wrapped, host, self.generation())
         self.connections.add(protocol)
         self.accepted += 1
-        if host is not None:
-            self._per_client[host] += 1
         cap = self.limits.max_connections
         shared = self.shared
         if shared is None:
+            if host is not None:
+                self._per_client[host] += 1
             if cap and len(self.connections) >= cap:
                 self._pause_accepting()
         else:
@@ -184,12 +186,11 @@ class ConnectionTracker:
             return CloseReason.DRAIN
         cap = self.limits.max_connections
         shared = self.shared
-        open_now = len(self.connections) if shared is None else shared.total()
         if (
             cap
-            and open_now >= cap
             and not self._accept_paused
             and (shared is None or self.port is None)
+            and (len(self.connections) if shared is None else shared.total()) >= cap
         ):
             # The port cannot pause accepting: refuse. (When it can, Twisted may
             # still hand over the rest of the batch it accepted in one go before
@@ -291,15 +292,17 @@ class ConnectionTracker:
         self.connections.discard(protocol)
         self.bytes_in_closed += protocol.bytes_in
         self.bytes_out_closed += protocol.bytes_out
+        peer = protocol.peer
         if self.shared is not None:
-            self.shared.closed(protocol.peer)
-        if protocol.peer is not None:
-            left = self._per_client[protocol.peer] - 1
+            self.shared.closed(peer)  # (the local per-client count is unused then)
+        elif peer is not None:
+            left = self._per_client[peer] - 1
             if left > 0:
-                self._per_client[protocol.peer] = left
+                self._per_client[peer] = left
             else:
-                del self._per_client[protocol.peer]
-            self._refused_hosts.discard(protocol.peer)
+                del self._per_client[peer]
+        if peer is not None:
+            self._refused_hosts.discard(peer)
         assert protocol.reason is not None
         self.closed[protocol.reason] += 1
         if self._accept_paused and self._below_cap():
