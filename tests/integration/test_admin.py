@@ -173,3 +173,22 @@ def test_json_logs_one_object_per_line(site: Site) -> None:
     (reloaded,) = [r for r in records if r["event"] == "certificate_reloaded"]
     assert reloaded["listener"] == "web" and reloaded["generation"] == 2
     assert reloaded["fingerprint"] == new.fingerprint
+
+
+def test_metrics_speak_openmetrics_when_asked(site: Site, admin_port: int) -> None:
+    """As prometheus_client's own resource: the Accept header picks the format."""
+    site.start(admin=f"tcp:{admin_port}:interface=127.0.0.1")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{admin_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        kind = response.headers["Content-Type"]
+        body = response.read().decode()
+    assert kind.startswith("application/openmetrics-text"), kind
+    assert body.rstrip().endswith("# EOF")
+    assert "tlsgate_connections_active" in body
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{admin_port}/metrics", timeout=10
+    ) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, Metric
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,10 +129,12 @@ class Status(_Leaf):
 class Metrics(_Leaf):
     def render_GET(self, request: Request) -> int:
         def render(families: list[Metric]) -> bytes:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Families(families))
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-            return generate_latest(registry)
+            # As prometheus_client's own MetricsResource: the text format, or
+            # OpenMetrics when the scraper asks for it.
+            accept = request.getHeader(b"accept")
+            encoder, content_type = choose_encoder(accept.decode() if accept else "")
+            request.setHeader(b"content-type", content_type.encode())
+            return bytes(encoder(_Families(families)))
 
         return _later(request, self.view.metrics(), render)
 
