@@ -406,6 +406,19 @@ def test_a_second_drain_with_a_shorter_limit_wins() -> None:
     assert held.closing and held.reason is CloseReason.DRAIN
 
 
+def test_a_drain_is_logged_once_when_it_starts() -> None:
+    clock = Clock()
+    tracker = tracker_for(clock)
+    connect(tracker)
+    with capturedLogs() as first:
+        tracker.drain(3600)
+    with capturedLogs() as later:
+        tracker.drain(5)  # a shorter limit later: not a second start
+    started = [e for e in first if e.get("event") == "drain_started"]
+    assert len(started) == 1 and started[0]["count"] == 1
+    assert not [e for e in later if e.get("event") == "drain_started"]
+
+
 def test_drain_with_nothing_open_fires_at_once() -> None:
     assert tracker_for(Clock()).drain(30).called
 

@@ -427,6 +427,13 @@ class ConnectionTracker:
             self._draining = True
             if self.connections and timeout:
                 self._drain_call = self.clock.callLater(timeout, self._drain_expired)
+            self._log.info(
+                "{listener}: draining {count} connections (up to {timeout}s)",
+                listener=self.name,
+                count=len(self.connections),
+                timeout=timeout,
+                event="drain_started",
+            )
         elif self.connections and timeout:
             # Draining already, with a longer limit (a worker retired by a
             # new generation, then told to stop): the shorter limit wins.
@@ -436,13 +443,6 @@ class ConnectionTracker:
                 if call is not None:
                     call.cancel()
                 self._drain_call = self.clock.callLater(timeout, self._drain_expired)
-            self._log.info(
-                "{listener}: draining {count} connections (up to {timeout}s)",
-                listener=self.name,
-                count=len(self.connections),
-                timeout=timeout,
-                event="drain_started",
-            )
         waiter: Deferred[None] = Deferred()
         if not self.connections:
             waiter.callback(None)
