@@ -61,6 +61,17 @@ BURST = 4096
 RENEW_AFTER = 1.0
 
 
+def can_half_close(transport: object) -> bool:
+    """
+    Whether C{transport} can end its sending side alone: TCP (a FIN) and this
+    layer (close_notify) can; Twisted's stock TLS layer cannot (a bare FIN
+    under TLS would be a truncation), so there the only end is a full close.
+    """
+    return not isinstance(transport, TLSMemoryBIOProtocol) or isinstance(
+        transport, HalfCloseTLSProtocol
+    )
+
+
 #: A TCP transport's declaration -> what the TLS layer over it then declares:
 #: the stock per-connection loop's result, computed once per kind of transport.
 _DECLARED: dict[object, object] = {}

@@ -2,8 +2,8 @@
 The ini file parser: text in, a L{GatewayConfig} or every problem out.
 
 It reports all problems at once, each naming file, section and key, with a
-"did you mean" for near misses. Keys of the interface that this version does
-not implement yet are refused by name rather than silently ignored.
+"did you mean" for near misses; an unknown key is refused, never silently
+ignored.
 """
 
 from __future__ import annotations
@@ -224,10 +224,10 @@ def parse_config(text: str, *, file: str, base_dir: str | None = None) -> Gatewa
     return GatewayConfig(listeners=tuple(listeners), source=file, **gateway)
 
 
-def _unknown_or_not_yet(
+def _unknown_key(
     errors: _Collector, section: str, key: str, known: tuple[str, ...]
 ) -> bool:
-    """Report C{key} if it cannot be used; C{True} when it was reported."""
+    """Report C{key} if it is not one of C{known}; C{True} when it was reported."""
     if key not in known:
         errors.add("unknown key" + _did_you_mean(key, known), section, key)
         return True
@@ -247,7 +247,7 @@ def _parse_gateway(
         "log_format": _log_format,
     }
     for key, raw in items.items():
-        if _unknown_or_not_yet(errors, "gateway", key, GATEWAY_KEYS):
+        if _unknown_key(errors, "gateway", key, GATEWAY_KEYS):
             continue
         value = errors.value("gateway", key, raw, parsers[key])
         if value is not None:
@@ -309,7 +309,7 @@ def _parse_listener(
         ),
     }
     for key, raw in items.items():
-        if _unknown_or_not_yet(errors, section, key, LISTENER_KEYS):
+        if _unknown_key(errors, section, key, LISTENER_KEYS):
             continue
         target, attr, parse = parsers[key]
         value = errors.value(section, key, raw, parse)

@@ -21,11 +21,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from ipaddress import ip_address
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
@@ -98,12 +96,6 @@ class Backend:
     endpoint: IStreamClientEndpoint
     address: tuple[str, int] | None = field(default=None, compare=False)
     timeout: float = field(default=0.0, compare=False)
-
-    @cached_property
-    def peer(self) -> IPv4Address | IPv6Address:
-        """The C{address} as Twisted spells a peer (made once per backend)."""
-        host, port = self.address or ("0.0.0.0", 0)
-        return (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
 
     @classmethod
     def of(cls, description: str, endpoint: IStreamClientEndpoint) -> Backend:

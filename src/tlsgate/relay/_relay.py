@@ -36,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer, providedBy
 
+from tlsgate._halfclose import can_half_close
 from tlsgate._tcp import lean_transport_on
 from tlsgate.proxy import ConnectionFacts
 from tlsgate.proxy import encode as encode_proxy
@@ -66,10 +67,10 @@ def _shut_write(transport: object) -> None:
     End the backend's input: FIN on TCP; a TLS backend is closed outright,
     since a FIN under TLS (without close_notify) would be a truncation.
     """
-    if isinstance(transport, TLSMemoryBIOProtocol):
-        transport.loseConnection()
-    else:
+    if can_half_close(transport):
         transport.loseWriteConnection()  # type: ignore[attr-defined]
+    else:
+        transport.loseConnection()  # type: ignore[attr-defined]
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
@@ -100,7 +101,6 @@ class RelayProtocol(Protocol):
         self._early_size = 0
         #: Cancels the backend connection under way.
         self._connecting: Callable[[], None] | None = None
-        self._dialling = False
         self._closed = False
         self._ending = False
         #: The client finished sending (its close_notify or FIN).
@@ -120,13 +120,10 @@ class RelayProtocol(Protocol):
     def _dial(self) -> None:
         assert self.transport is not None
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._dialling = True
-        cancel = self.pool.dial(_BackendFactory(self), self._dialled)
-        if self._dialling:  # else it ended already, synchronously
-            self._connecting = cancel
+        # A dial that ended at once returns a canceller that does nothing.
+        self._connecting = self.pool.dial(_BackendFactory(self), self._dialled)
 
     def _dialled(self, backend: IProtocol | None, reason: Failure | None) -> None:
-        self._dialling = False
         if reason is not None:
             self._backend_failed(reason)
         else:

@@ -44,7 +44,7 @@ from zope.interface import implementer, providedBy
 from zope.interface.declarations import Provides
 from zope.interface.interface import InterfaceClass
 
-from tlsgate._halfclose import HalfCloseTLSProtocol
+from tlsgate._halfclose import can_half_close
 from tlsgate.certs import negotiated_group, session_reused
 from tlsgate.tracker._limits import CloseReason
 
@@ -270,13 +270,10 @@ class TrackedProtocol(Protocol):
         layer cannot half-close (a bare FIN would be a truncation): there
         it is a full close.
         """
-        transport = self.transport
-        if isinstance(transport, TLSMemoryBIOProtocol) and not isinstance(
-            transport, HalfCloseTLSProtocol
-        ):
-            self.loseConnection()
+        if can_half_close(self.transport):
+            self.transport.loseWriteConnection()
         else:
-            transport.loseWriteConnection()
+            self.loseConnection()
 
     def abortConnection(self) -> None:
         self.transport.abortConnection()
