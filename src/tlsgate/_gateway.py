@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
@@ -197,7 +198,7 @@ class GatewayService(MultiService):
         #: are still open; drained with the rest, dropped once empty.
         self.retired: list[Listener] = []
         self._stop = StagedDrain(
-            clock, self._announce_drain, self._close_listeners, self._finish
+            clock, self._announce_drain, self.stop_accepting, self._finish
         )
 
     @property
@@ -230,7 +231,8 @@ class GatewayService(MultiService):
     def _announce_drain(self) -> None:
         self.notifier.stopping()
 
-    def _close_listeners(self) -> Awaitable[object]:
+    def stop_accepting(self) -> Deferred[Any]:
+        """Close every listener's port; fires once all are closed."""
         return DeferredList(
             [
                 d

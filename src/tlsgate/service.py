@@ -92,8 +92,7 @@ def server_endpoint(
 
 
 def _where(config: GatewayConfig | None, section: str, key: str) -> str:
-    source = config.source if config is not None else None
-    return f"{source or '<config>'}: [{section}] {key}"
+    return (config or GatewayConfig(listeners=())).where(section, key)
 
 
 def _listen_endpoint(

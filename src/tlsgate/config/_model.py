@@ -58,3 +58,7 @@ class GatewayConfig:
     log_format: str = "text"
     workers: int = 1
     source: str | None = None
+
+    def where(self, section: str, key: str) -> str:
+        """How an error names a key: file, section and key."""
+        return f"{self.source or '<config>'}: [{section}] {key}"

@@ -92,7 +92,7 @@ class WorkerControl(LineReceiver):
         ident = next(self._ids)
         d: Deferred[dict[str, Any]] = Deferred()
         self._pending[ident] = d
-        self.sendLine(encode({"id": ident, "cmd": command})[:-1])
+        self.sendLine(encode({"id": ident, "cmd": command}))
         clock: IReactorTime = self.supervisor.reactor  # type: ignore[assignment]
         d.addTimeout(REQUEST_TIMEOUT, clock)
 
@@ -103,7 +103,7 @@ class WorkerControl(LineReceiver):
         return d.addBoth(forget)
 
     def tell(self, command: str) -> None:
-        self.sendLine(encode({"cmd": command})[:-1])
+        self.sendLine(encode({"cmd": command}))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         pending, self._pending = self._pending, {}

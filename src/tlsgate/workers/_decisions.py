@@ -6,6 +6,7 @@ gateway. No processes, no reactor: tested on their own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +113,7 @@ def merge_status(workers: list[Mapping[str, Any]]) -> dict[str, Any]:
         for name, lsn in status.get("listeners", {}).items():
             mine = listeners.get(name)
             if mine is None:
-                listeners[name] = _copy(lsn)
+                listeners[name] = copy.deepcopy(lsn)
                 continue
             mine["listening"] = mine["listening"] and lsn["listening"]
             conns, theirs = mine["connections"], lsn["connections"]
@@ -134,11 +135,3 @@ def merge_status(workers: list[Mapping[str, Any]]) -> dict[str, Any]:
 def _add(into: dict[str, Any], counts: Mapping[str, Any]) -> None:
     for k, n in counts.items():
         into[k] = into.get(k, 0) + n
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value

@@ -42,11 +42,6 @@ TICKET_KEY_LIFETIME = 24 * 3600.0
 FIRST_LISTEN_FD = 4
 
 
-def _where(config: GatewayConfig, listener: str) -> str:
-    """How a bind error names the key: file, section and key."""
-    return f"{config.source or '<config>'}: [listener:{listener}] listen"
-
-
 class SupervisorService(MultiService):
     """
     The gateway as N worker processes (C{workers} above 1).
@@ -103,7 +98,9 @@ class SupervisorService(MultiService):
         for lc in self.config.listeners:
             if lc.listen not in self.sockets:
                 self.sockets[lc.listen] = self._bind(
-                    self.reactor, lc.listen, _where(self.config, lc.name)
+                    self.reactor,
+                    lc.listen,
+                    self.config.where(f"listener:{lc.name}", "listen"),
                 )
         super().privilegedStartService()
 
@@ -371,7 +368,7 @@ class SupervisorService(MultiService):
         fresh: dict[str, BoundSocket] = {}
         try:
             for listen in set(wanted) - set(self.sockets):
-                where = _where(config, wanted[listen])
+                where = config.where(f"listener:{wanted[listen]}", "listen")
                 fresh[listen] = self._bind(self.reactor, listen, where)
         except ListenError:
             for bound in fresh.values():

@@ -25,8 +25,8 @@ MAX_LINE = 16 * 1024 * 1024
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One message as one line."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    """One message as one line (without the line end, which sendLine adds)."""
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def decode(line: bytes) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from prometheus_client.core import Metric
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -101,13 +101,13 @@ class WorkerControl(LineReceiver):
 
     def connectionMade(self) -> None:
         self.worker.control = self
-        self.sendLine(encode({"hello": self.worker.hello()})[:-1])
+        self.sendLine(encode({"hello": self.worker.hello()}))
 
     def lineReceived(self, line: bytes) -> None:
         message = decode(line)
         reply = self.worker.handle(message)
         if reply is not None:
-            self.sendLine(encode({"id": message.get("id"), **reply})[:-1])
+            self.sendLine(encode({"id": message.get("id"), **reply}))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.transport = None
@@ -176,15 +176,10 @@ class Worker:
         Replaced by a new generation: stop accepting at once (the new workers
         accept on the same sockets), say so, then drain.
         """
-        stopped = [
-            d
-            for lsn in self.gateway.listeners.values()
-            if (d := lsn.service.stopService()) is not None
-        ]
 
         def say(_: object) -> None:
             if self.control is not None:
-                self.control.sendLine(encode({"id": ident, "accepting": False})[:-1])
+                self.control.sendLine(encode({"id": ident, "accepting": False}))
             if self.stopping:
                 return
             self.stopping = self.retiring = True
@@ -201,7 +196,7 @@ class Worker:
             self._files.clock = self.reactor  # type: ignore[assignment]
             self._files.start(FILE_CHECK_INTERVAL, now=False)
 
-        DeferredList(stopped).addCallback(say)
+        self.gateway.stop_accepting().addCallback(say)
 
     def look_at_files(self) -> None:
         """One look at each listener's certificate files (a stat each)."""
@@ -238,7 +233,7 @@ class Worker:
         if control is None or control.transport is None:
             self.reactor.stop()
             return
-        control.sendLine(encode({"final": self.report()})[:-1])
+        control.sendLine(encode({"final": self.report()}))
         control.on_lost = self.reactor.stop
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         clock.callLater(5, lambda: control.on_lost and control.on_lost())
@@ -267,7 +262,7 @@ class LogForwarder:
             return
         self._busy = True
         try:
-            control.sendLine(encode({"log": log_record(event)})[:-1])
+            control.sendLine(encode({"log": log_record(event)}))
         finally:
             self._busy = False
 
