@@ -103,6 +103,9 @@ def test_defaults_are_the_ini_defaults(tmp_path: Path) -> None:
         ({"port": "1", "cert": "/c", "min_version": "1.1"}, "key 'min_version'"),
         ({"port": "1", "cert": "/c", "client_auth": "require"},
          "key 'client_auth': needs client_ca"),
+        ({"port": "1", "cert": "/c", "client_ca": "/ca", "client_auth": "none",
+          "allow": "cn:a"},
+         "key 'allow': has no effect with client_auth = none"),  # as the ini says
         ({"port": "1", "cert": "/c", "lifetime_jitter": "150%"}, "key 'lifetime_jitter'"),
     ],
 )  # fmt: skip

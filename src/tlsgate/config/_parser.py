@@ -16,18 +16,18 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
-from tlsgate.auth import parse_allow
-from tlsgate.certs import TLSPolicy, check_cipher_string
+from tlsgate.certs import TLSPolicy
+from tlsgate.config._fields import (
+    TLS_LISTENER_FIELDS,
+    client_auth_problems,
+    did_you_mean,
+)
 from tlsgate.config._model import GatewayConfig, ListenerConfig
 from tlsgate.config._values import (
-    parse_alpn,
     parse_bool,
     parse_choice,
     parse_duration,
-    parse_groups,
     parse_path,
-    parse_percent,
-    parse_positive_int,
 )
 from tlsgate.errors import ConfigError, ConfigErrors
 from tlsgate.tracker import Limits
@@ -52,11 +52,6 @@ _TLS_ENDPOINTS = ("ssl", "tls")
 
 class _NoReactor:
     """Stands in for a reactor while endpoint strings are only parsed, not used."""
-
-
-def _did_you_mean(word: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.7)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _section_hint(section: str) -> str:
@@ -162,14 +157,6 @@ def _log_format(text: str) -> str:
     return parse_choice(text, ("text", "json"))
 
 
-def parse_cipher_string(text: str) -> str:
-    """An OpenSSL cipher string that OpenSSL accepts."""
-    problem = check_cipher_string(text.strip())
-    if problem is not None:
-        raise ValueError(problem)
-    return text.strip()
-
-
 def parse_config(text: str, *, file: str, base_dir: str | None = None) -> GatewayConfig:
     """
     Parse ini C{text}; C{file} names it in errors.
@@ -229,7 +216,7 @@ def _unknown_key(
 ) -> bool:
     """Report C{key} if it is not one of C{known}; C{True} when it was reported."""
     if key not in known:
-        errors.add("unknown key" + _did_you_mean(key, known), section, key)
+        errors.add("unknown key" + did_you_mean(key, known), section, key)
         return True
     return False
 
@@ -267,47 +254,20 @@ def _parse_listener(
     def path(text: str) -> str:
         return parse_path(text, base)
 
+    parts = {"listener": values, "tls": tls, "limits": limits}
     parsers: dict[str, tuple[dict[str, Any], str, Callable[[str], Any]]] = {
         "listen": (values, "listen", _check_server_endpoint),
         "backend": (values, "backends", _check_client_endpoints),
-        "cert": (values, "cert", path),
-        "key": (values, "key", path),
         "backend_connect_timeout": (values, "backend_connect_timeout", parse_duration),
         "proxy_protocol": (values, "proxy_protocol", _proxy_protocol),
-        "client_ca": (values, "client_ca", path),
-        "client_auth": (
-            values,
-            "client_auth",
-            lambda t: parse_choice(t, ("none", "request", "require")),
-        ),
-        "allow": (values, "allow", parse_allow),
-        "ocsp_response": (values, "ocsp_response", path),
-        "sni_dir": (values, "sni_dir", path),
-        "sni_strict": (values, "sni_strict", parse_bool),
-        "alpn": (tls, "alpn", parse_alpn),
         "backend_tls": (values, "backend_tls", parse_bool),
         "backend_ca": (values, "backend_ca", path),
         "backend_server_name": (values, "backend_server_name", _server_name),
         "backend_cert": (values, "backend_cert", path),
         "backend_key": (values, "backend_key", path),
-        "min_version": (tls, "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
-        "ciphers": (tls, "ciphers", parse_cipher_string),
-        "groups": (tls, "groups", parse_groups),
-        "session_resumption": (tls, "session_resumption", parse_bool),
-        "session_timeout": (tls, "session_timeout", parse_duration),
-        "handshake_timeout": (limits, "handshake_timeout", parse_duration),
-        "idle_timeout": (limits, "idle_timeout", parse_duration),
-        "max_lifetime": (limits, "max_lifetime", parse_duration),
-        "lifetime_jitter": (limits, "lifetime_jitter", parse_percent),
-        "close_grace": (limits, "close_grace", parse_duration),
-        "rotation_grace": (limits, "rotation_grace", parse_duration),
-        "max_connections": (limits, "max_connections", parse_positive_int),
-        "max_connections_per_client": (
-            limits,
-            "max_connections_per_client",
-            parse_positive_int,
-        ),
     }
+    for key, (part, field, parse) in TLS_LISTENER_FIELDS.items():
+        parsers[key] = (parts[part], field, parse or path)
     for key, raw in items.items():
         if _unknown_key(errors, section, key, LISTENER_KEYS):
             continue
@@ -318,15 +278,8 @@ def _parse_listener(
     for key in _REQUIRED:
         if key not in items:
             errors.add("required key is missing", section, key)
-    if "client_ca" in values and "client_auth" not in values:
-        values["client_auth"] = "require"
-    if "client_ca" not in values:
-        for key in ("client_auth", "allow"):
-            if key in items and (key != "client_auth" or values.get(key) != "none"):
-                errors.add("needs client_ca (the CAs client certificates must chain to)",
-                           section, key)  # fmt: skip
-    elif "allow" in values and values.get("client_auth") == "none":
-        errors.add("has no effect with client_auth = none", section, "allow")
+    for key, problem in client_auth_problems(items, values):
+        errors.add(problem, section, key)
     if not values.get("backend_tls"):
         for key in ("backend_ca", "backend_server_name", "backend_cert", "backend_key"):
             if key in items:

@@ -3,13 +3,12 @@ The C{tlsgate:} endpoint description: key=value pairs in, an endpoint out.
 
 The keys are the ini file's listener keys, with the same value parsers, so
 names, values and defaults agree; only lists (C{alpn}, C{groups}) are
-comma-separated, as spaces do not survive a command line. Adding a key is
-one line in L{KEYS}.
+comma-separated, as spaces do not survive a command line. The shared keys
+are one table (L{tlsgate.config._fields}): a key added there is a key of both.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,18 +17,16 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 
 from tlsgate._assembly import build_contexts
-from tlsgate.auth import parse_allow
 from tlsgate.certs import ReloadingContextFactory, TLSPolicy
 from tlsgate.config import ListenerConfig
-from tlsgate.config._parser import parse_cipher_string
+from tlsgate.config._fields import (
+    LIST_KEYS,
+    TLS_LISTENER_FIELDS,
+    client_auth_problems,
+    did_you_mean,
+)
 from tlsgate.config._values import (
-    parse_alpn,
-    parse_bool,
-    parse_choice,
-    parse_duration,
-    parse_groups,
     parse_path,
-    parse_percent,
     parse_positive_int,
 )
 from tlsgate.endpoint._endpoint import ReloadingTLSServerEndpoint
@@ -70,28 +67,11 @@ KEYS: dict[str, tuple[str, str, Parse]] = {
     "port": ("endpoint", "port", _port),
     "interface": ("endpoint", "interface", _interface),
     "backlog": ("endpoint", "backlog", lambda t: parse_positive_int(t, allow_zero=False)),
-    "cert": ("listener", "cert", _path_here),
-    "key": ("listener", "key", _path_here),
-    "sni_dir": ("listener", "sni_dir", _path_here),
-    "sni_strict": ("listener", "sni_strict", parse_bool),
-    "client_ca": ("listener", "client_ca", _path_here),
-    "client_auth": ("listener", "client_auth", lambda t: parse_choice(t, ("none", "request", "require"))),
-    "allow": ("listener", "allow", parse_allow),
-    "ocsp_response": ("listener", "ocsp_response", _path_here),
-    "alpn": ("tls", "alpn", _commas(parse_alpn)),
-    "min_version": ("tls", "min_version", lambda t: parse_choice(t, ("1.2", "1.3"))),
-    "ciphers": ("tls", "ciphers", parse_cipher_string),
-    "groups": ("tls", "groups", _commas(parse_groups)),
-    "session_resumption": ("tls", "session_resumption", parse_bool),
-    "session_timeout": ("tls", "session_timeout", parse_duration),
-    "handshake_timeout": ("limits", "handshake_timeout", parse_duration),
-    "idle_timeout": ("limits", "idle_timeout", parse_duration),
-    "max_lifetime": ("limits", "max_lifetime", parse_duration),
-    "lifetime_jitter": ("limits", "lifetime_jitter", parse_percent),
-    "close_grace": ("limits", "close_grace", parse_duration),
-    "rotation_grace": ("limits", "rotation_grace", parse_duration),
-    "max_connections": ("limits", "max_connections", parse_positive_int),
-    "max_connections_per_client": ("limits", "max_connections_per_client", parse_positive_int),
+    **{
+        key: (part, field, _path_here if parse is None
+              else _commas(parse) if key in LIST_KEYS else parse)
+        for key, (part, field, parse) in TLS_LISTENER_FIELDS.items()
+    },
 }  # fmt: skip
 
 _REQUIRED = ("port", "cert")
@@ -131,9 +111,7 @@ def parse_description(
                 key, "the endpoint to wrap is given; this key is for tlsgate: strings"
             )
         if entry is None:
-            close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.7)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _error(key, "unknown key" + hint)
+            raise _error(key, "unknown key" + did_you_mean(key, KEYS))
         target, field, parse = entry
         try:
             parts[target][field] = parse(raw)
@@ -143,14 +121,9 @@ def parse_description(
         if key not in kwargs:
             raise _error(key, "required key is missing")
     listener = parts["listener"]
-    if "client_ca" in listener:
-        listener.setdefault("client_auth", "require")
-    else:
-        for key in ("client_auth", "allow"):
-            if key in listener and listener[key] != "none":
-                raise _error(
-                    key, "needs client_ca (the CAs client certificates must chain to)"
-                )
+    problems = client_auth_problems(kwargs, listener)
+    if problems:
+        raise _error(*problems[0])
     try:
         tls, limits = TLSPolicy(**parts["tls"]), Limits(**parts["limits"])
     except ValueError as e:
