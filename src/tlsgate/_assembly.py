@@ -95,6 +95,25 @@ def build_certificates(
     return Certificates(contexts, sni)
 
 
+def tls_over(
+    tracker: ConnectionTracker,
+    contexts: ReloadingContextFactory,
+    clock: IReactorTime,
+    *,
+    half_close: bool,
+) -> TLSMemoryBIOFactory:
+    """
+    Tie C{tracker} to C{contexts} (each connection tagged with the generation
+    it was made under; C{rotation_grace} closes older ones on a swap) and
+    put TLS over it. A config reload that swaps a listener's certificates
+    calls this again on the same tracker.
+    """
+    tracker.generation = lambda: contexts.generation
+    contexts.listeners.append(tracker.certificate_changed)
+    factory = HalfCloseTLSFactory if half_close else TLSMemoryBIOFactory
+    return factory(contexts, False, tracker, clock=clock)
+
+
 @dataclass(frozen=True)
 class TLSStack:
     """
@@ -130,21 +149,9 @@ class TLSStack:
             C{IHalfCloseableProtocol} (L{HalfCloseTLSFactory}), as the
             gateway's relay does; otherwise Twisted's stock TLS layer.
         """
-        tracker = ConnectionTracker(
-            app,
-            limits,
-            clock,
-            name=name,
-            generation=lambda: contexts.generation,
-            shared=shared,
-        )
-        contexts.listeners.append(tracker.certificate_changed)
+        tracker = ConnectionTracker(app, limits, clock, name=name, shared=shared)
         return cls(
-            contexts,
-            tracker,
-            (HalfCloseTLSFactory if half_close else TLSMemoryBIOFactory)(
-                contexts, False, tracker, clock=clock
-            ),
+            contexts, tracker, tls_over(tracker, contexts, clock, half_close=half_close)
         )
 
     def listening(self, port: IListeningPort | None) -> None:

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
-from tlsgate._halfclose import HalfCloseTLSFactory
+from tlsgate._assembly import tls_over
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
 from tlsgate.errors import TlsgateError
@@ -171,9 +171,7 @@ def _update(
         tracker.set_limits(lc.limits)
     if contexts is not None:
         new_contexts = contexts.contexts
-        new_contexts.listeners.append(tracker.certificate_changed)
-        tracker.generation = lambda: new_contexts.generation
-        tls = HalfCloseTLSFactory(new_contexts, False, tracker, clock=clock)
+        tls = tls_over(tracker, new_contexts, clock, half_close=True)
         listener.service.replace_factory(tls, tracker)
         listener.expiry.stop()
         expiry = ExpiryWarnings(new_contexts, clock)
