@@ -109,15 +109,15 @@ class TrackedProtocol(Protocol):
     )  # fmt: skip
 
     def __init__(
-        self, tracker: ConnectionTracker, wrapped: IProtocol, peer: str | None,
-        generation: int,
-    ) -> None:  # fmt: skip
+        self, tracker: ConnectionTracker, wrapped: IProtocol, peer: str | None
+    ) -> None:
         self.transport: Any = None
         self.connected = 0
         self.tracker = tracker
         self.wrapped = wrapped
         self.peer = peer
-        self.generation = generation
+        #: Set in connectionMade, once the TLS layer picked the certificate.
+        self.generation = 0
         self.started = self._handshake_from = tracker.clock.seconds()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -206,9 +206,8 @@ class TrackedProtocol(Protocol):
         self.wrapped.readConnectionLost()  # type: ignore[attr-defined]
 
     def writeConnectionLost(self) -> None:
-        wrapped = IHalfCloseableProtocol(self.wrapped, None)
-        if wrapped is not None:
-            wrapped.writeConnectionLost()
+        # Declared only when the wrapped protocol takes half-closes.
+        self.wrapped.writeConnectionLost()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.tracker._disarm(self)

@@ -165,7 +165,7 @@ class ConnectionTracker:
         if wrapped is None:
             return None
         self._refresh_clock()
-        protocol = TrackedProtocol(self, wrapped, host, self.generation())
+        protocol = TrackedProtocol(self, wrapped, host)
         self.connections.add(protocol)
         self.accepted += 1
         cap = self.limits.max_connections
