@@ -270,7 +270,7 @@ def test_choose_parses_the_wire_list_and_refuses_malformed_ones() -> None:
 def test_chacha20_for_clients_that_put_it_first(
     ca: trustme.CA, version: int, first: str, expected: str
 ) -> None:
-    """Server order (AES-256-GCM first) unless the client prefers ChaCha20."""
+    """The server's order, unless the client prefers ChaCha20."""
     client_ctx = client_context(max_version=version)
     if version == SSL.TLS1_2_VERSION:
         chacha, aes = "ECDHE+CHACHA20", "ECDHE+AESGCM"
@@ -282,6 +282,26 @@ def test_chacha20_for_clients_that_put_it_first(
         client_ctx.set_tls13_ciphersuites(":".join(order).encode())
     server, _ = handshake(server_context(ca), client_ctx)
     assert expected in (server.get_cipher_name() or "")
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [
+        # Go's and the browsers' order, then OpenSSL's default (curl, Python).
+        "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384",
+        "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+    ],
+)
+def test_tls13_clients_offering_aes_128_gcm_get_it(
+    ca: trustme.CA, offered: str
+) -> None:
+    """Mozilla's server order: AES-128-GCM, whose SHA-256 key schedule costs less."""
+    if not hasattr(SSL.Context, "set_tls13_ciphersuites"):
+        pytest.skip("this pyOpenSSL cannot order TLS 1.3 suites: OpenSSL's order")
+    client_ctx = client_context(max_version=SSL.TLS1_3_VERSION)
+    client_ctx.set_tls13_ciphersuites(offered.encode())
+    server, _ = handshake(server_context(ca), client_ctx)
+    assert server.get_cipher_name() == "TLS_AES_128_GCM_SHA256"
 
 
 # -- through the tracker -----------------------------------------------------------
