@@ -8,6 +8,7 @@ would once the socket is writable.
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from twisted.python.failure import Failure
 from tlsgate._tcp import (
     LeanClient,
     LeanDialledClient,
+    LeanPort,
     LeanServer,
     lean_transport_on,
     use_lean_transports,
@@ -272,6 +274,99 @@ def test_accepted_connections_inherit_no_delay_from_the_listener() -> None:
         accepted.close()
     finally:
         port.socket.close()
+
+
+class Built(Factory):
+    """Builds L{Recorder}s, or nothing for the peers it is told to refuse."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.built: list[Recorder] = []
+        self.refuse = refuse
+
+    def buildProtocol(self, addr: Any) -> Recorder | None:  # type: ignore[override]
+        if self.refuse:
+            self.refuse -= 1
+            return None
+        self.built.append(Recorder())
+        return self.built[-1]
+
+
+@pytest.fixture
+def lean_port() -> Iterator[tuple[tcp.Port, Built]]:
+    factory = Built()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=Reactor())  # type: ignore[arg-type]
+    port.startListening()
+    use_lean_transports(port)
+    yield port, factory
+    port.socket.close()
+
+
+def test_the_lean_accept_loop_takes_every_waiting_connection(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    port, factory = lean_port
+    assert type(port) is LeanPort
+    address = ("127.0.0.1", port.getHost().port)
+    clients = [socket.create_connection(address) for _ in range(3)]
+    port.doRead()
+    assert len(factory.built) == 3
+    transports = [p.transport for p in factory.built]
+    assert all(type(t) is LeanServer for t in transports)
+    assert [t.sessionno for t in transports] == [0, 1, 2]  # type: ignore[attr-defined]
+    assert {t.getPeer().port for t in transports} == {  # type: ignore[attr-defined]
+        c.getsockname()[1] for c in clients
+    }
+    assert all(p.made for p in factory.built)
+    # Fewer than it tried: next time it tries no more than it found (the
+    # stock loop's scaling), so a lone connection costs no failed accept().
+    assert port.numberAccepts == 3
+    port.doRead()  # nothing waiting: nothing built, no error
+    assert len(factory.built) == 3
+    assert port.numberAccepts == 1
+    for c in clients:
+        c.close()
+    for t in transports:
+        t.socket.close()  # type: ignore[attr-defined]
+
+
+def test_a_connection_no_protocol_is_built_for_is_closed(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    port, factory = lean_port
+    factory.refuse = 1
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.settimeout(5)
+    port.doRead()
+    assert factory.built == []
+    assert client.recv(1) == b""  # closed at once
+    client.close()
+
+
+def test_an_accept_error_is_left_to_the_stock_loop(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    """C{EMFILE} and the like: Twisted's own loop handles and logs them."""
+    port, factory = lean_port
+    real = port.socket
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    class Failing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def accept(self) -> Any:
+            if failures:
+                raise failures.pop()
+            return real.accept()
+
+    port.socket = Failing()  # type: ignore[assignment]
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port.doRead()  # the lean loop fails, the stock loop accepts
+    port.socket = real
+    assert len(factory.built) == 1
+    assert type(factory.built[0].transport) is LeanServer
+    client.close()
+    factory.built[0].transport.socket.close()  # type: ignore[union-attr]
 
 
 def test_other_ports_and_clients_are_left_alone() -> None:
