@@ -34,7 +34,9 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -249,6 +251,101 @@ class SocketBioRelay(Relay):
         self.forget(c)
 
 
+class _Descriptor:
+    """One socket of the Twisted floor, as the reactor sees it."""
+
+    __slots__ = ("fd", "handler")
+
+    def __init__(self, fd: int, handler: Callable[[int], None]) -> None:
+        self.fd = fd
+        self.handler = handler
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self.handler(IN)
+
+    def doWrite(self) -> None:
+        self.handler(OUT)
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "floor"
+
+
+class _ReactorPoller:
+    """C{select.epoll}'s register/modify/unregister, done through a reactor."""
+
+    def __init__(self, reactor: Any, relay: Relay) -> None:
+        self.reactor = reactor
+        self.relay = relay
+        self.descriptors: dict[int, _Descriptor] = {}
+
+    def register(self, fd: int, events: int) -> None:
+        def handle(event: int) -> None:
+            self.relay.dispatch(fd, event)
+
+        self.descriptors[fd] = _Descriptor(fd, handle)
+        self.modify(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        d = self.descriptors[fd]
+        if events & IN:
+            self.reactor.addReader(d)
+        else:
+            self.reactor.removeReader(d)
+        if events & OUT:
+            self.reactor.addWriter(d)
+        else:
+            self.reactor.removeWriter(d)
+
+    def unregister(self, fd: int) -> None:
+        d = self.descriptors.pop(fd)
+        self.reactor.removeReader(d)
+        self.reactor.removeWriter(d)
+
+
+class TwistedRelay(Relay):
+    """
+    The same floor on Twisted's epoll reactor (with tlsgate's direct event
+    dispatch, as the gateway runs): each socket a bare descriptor, no
+    transports or protocols. What it spends above L{Relay} is the reactor.
+    """
+
+    def run(self) -> None:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+        from twisted.internet import reactor
+
+        from tlsgate._dispatch import lean_dispatch
+
+        lean_dispatch(reactor)
+        self.ep.close()
+        self.ep = _ReactorPoller(reactor, self)  # type: ignore[assignment]
+        self.ep.register(self.listener.fileno(), IN)
+        reactor.run()  # type: ignore[attr-defined]
+
+    def dispatch(self, fd: int, event: int) -> None:
+        if fd == self.listener.fileno():
+            self.accept()
+            return
+        entry = self.fds.get(fd)
+        if entry is None:
+            return
+        c, is_back = entry
+        if event & OUT:
+            self.flush(c, is_back)
+        elif not c.done:
+            if is_back:
+                self.backend_readable(c)
+            else:
+                self.client_readable(c)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cert", required=True)
@@ -258,6 +355,8 @@ def main() -> int:
     p.add_argument("--socket-bio", action="store_true",
                    help="OpenSSL reads and writes the client socket (handshake"
                    " figures only: large answers are not flow-controlled)")  # fmt: skip
+    p.add_argument("--twisted", action="store_true",
+                   help="run the same floor on Twisted's epoll reactor")  # fmt: skip
     a = p.parse_args()
     material = parse_certified_key(
         Path(a.cert).read_bytes(), Path(a.key).read_bytes(),
@@ -266,7 +365,7 @@ def main() -> int:
     ctx = build_server_context(material, TLSPolicy(session_resumption=False))
     host, _, port = a.backend.rpartition(":")
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    relay = SocketBioRelay if a.socket_bio else Relay
+    relay = SocketBioRelay if a.socket_bio else TwistedRelay if a.twisted else Relay
     relay(ctx, a.port, (host, int(port))).run()
     return 0
 

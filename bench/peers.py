@@ -20,7 +20,8 @@ C{OPENSSL_CONF=shared/tools/openssl-notickets.cnf} for the C servers,
 C{session_resumption = off} for tlsgate and a no-resumption policy for the
 bare forwarder (C{bench/gateway_variant.py --variant static}; and, when named
 in C{--only}, Twisted's stock forwarder, C{bench/portforward.py}; and
-C{floor}, the least a Python relay over pyOpenSSL does, C{bench/floor_relay.py}).
+C{floor}, the least a Python relay over pyOpenSSL does, C{bench/floor_relay.py},
+and C{twfloor}, the same on Twisted's reactor).
 
 Not a test and not run in CI; see docs/benchmarks.md ("tlsgate beside its
 peers"). Usually started as C{bench/peers.sh [options]}.
@@ -364,6 +365,11 @@ session_resumption = off
             argv = [sys.executable, os.path.join(BENCH, "floor_relay.py"),
                     "--cert", cert, "--key", keyf, "--port", str(port),
                     "--backend", backend]  # fmt: skip
+            env = py_env
+        elif name == "twfloor":
+            argv = [sys.executable, os.path.join(BENCH, "floor_relay.py"),
+                    "--cert", cert, "--key", keyf, "--port", str(port),
+                    "--backend", backend, "--twisted"]  # fmt: skip
             env = py_env
         elif name == "bare":
             argv = [sys.executable, os.path.join(BENCH, "gateway_variant.py"),
@@ -978,7 +984,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="",
                    help="comma-separated servers and/or figures to run: "
                    f"{','.join(SERVERS)}; {','.join(FIGURES)} (default: all"
-                   " but portforward and floor)")  # fmt: skip
+                   " but portforward, floor and twfloor)")  # fmt: skip
     p.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
     p.add_argument("--duration", type=float, help="seconds per cell (default 10)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up (default 2)")

@@ -13,15 +13,20 @@ import re
 import statistics
 from typing import Any
 
-SERVERS = ["tlsgate", "bare", "portforward", "floor", "hitch", "haproxy", "nginx"]
-# portforward (Twisted's stock forwarder, bench/portforward.py) and floor (the
-# least a Python relay over pyOpenSSL does, bench/floor_relay.py) run when named.
-DEFAULT_SERVERS = [s for s in SERVERS if s not in ("portforward", "floor")]
+SERVERS = [
+    "tlsgate", "bare", "portforward", "floor", "twfloor", "hitch", "haproxy", "nginx",
+]  # fmt: skip
+# portforward (Twisted's stock forwarder, bench/portforward.py), floor (the
+# least a Python relay over pyOpenSSL does, bench/floor_relay.py) and twfloor
+# (the same on Twisted's reactor) run when named.
+OPTIONAL = ("portforward", "floor", "twfloor")
+DEFAULT_SERVERS = [s for s in SERVERS if s not in OPTIONAL]
 LABELS = {
     "tlsgate": "tlsgate (twistd -n tlsgate --config)",
     "bare": "bare Twisted forwarder, static context",
     "portforward": "twisted.protocols.portforward, static context",
     "floor": "floor: minimal Python relay over pyOpenSSL, no Twisted, no features",
+    "twfloor": "the same floor on Twisted's epoll reactor",
     "hitch": "hitch",
     "haproxy": "HAProxy",
     "nginx": "nginx stream",
