@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from tlsgate import _membio
+from tlsgate._declarations import once_per_kind
 
 #: One C{recv} takes up to this many decrypted bytes: several full records.
 READ_SIZE = 2**16
@@ -72,9 +73,11 @@ def can_half_close(transport: object) -> bool:
     )
 
 
-#: A TCP transport's declaration -> what the TLS layer over it then declares:
-#: the stock per-connection loop's result, computed once per kind of transport.
-_DECLARED: dict[object, object] = {}
+def _stock_declaration(protocol: TLSMemoryBIOProtocol, provided: Any) -> object:
+    """What Twisted's TLS layer declares over a transport providing C{provided}."""
+    for interface in provided:
+        directlyProvides(protocol, interface)
+    return protocol.__dict__.get("__provides__")
 
 
 @implementer(IHalfCloseableProtocol)
@@ -107,15 +110,10 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
         provided = providedBy(transport)
-        key = (type(self), provided)
-        declared = _DECLARED.get(key)
-        if declared is None:
-            for interface in provided:
-                directlyProvides(self, interface)
-            declared = self.__dict__.get("__provides__")
-            if declared is not None:
-                _DECLARED[key] = declared
-        else:
+        declared = once_per_kind(
+            (type(self), provided), _stock_declaration, self, provided
+        )
+        if declared is not None:
             self.__provides__ = declared
         Protocol.makeConnection(self, transport)
         # Not registered with the factory: nothing reads its WeakKeyDictionary

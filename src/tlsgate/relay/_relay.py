@@ -36,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer, providedBy
 
+from tlsgate._declarations import once_per_kind
 from tlsgate._halfclose import can_half_close
 from tlsgate._tcp import lean_transport_on
 from tlsgate.proxy import ConnectionFacts
@@ -58,8 +59,11 @@ def _no_delay(transport: ITransport | None) -> None:
     set_no_delay(True)
 
 
-#: The endpoint wrapper's declaration -> the same with IHalfCloseableProtocol.
-_WRAPPER_DECLARATIONS: dict[object, object] = {}
+def _half_closeable(wrapper: _WrappingProtocol) -> object:
+    """C{wrapper}'s declaration, with C{IHalfCloseableProtocol}."""
+    if not IHalfCloseableProtocol.providedBy(wrapper):
+        alsoProvides(wrapper, IHalfCloseableProtocol)
+    return providedBy(wrapper)
 
 
 def _shut_write(transport: object) -> None:
@@ -287,14 +291,8 @@ class _BackendProtocol(Protocol):
         )
         wrapper = getattr(self.transport, "protocol", None)
         if isinstance(wrapper, _WrappingProtocol) and wrapper._wrappedProtocol is self:
-            # Computed once per kind of wrapper declaration, not per connection.
-            key = providedBy(wrapper)
-            declared = _WRAPPER_DECLARATIONS.get(key)
-            if declared is None:
-                if not IHalfCloseableProtocol.providedBy(wrapper):
-                    alsoProvides(wrapper, IHalfCloseableProtocol)
-                declared = _WRAPPER_DECLARATIONS[key] = providedBy(wrapper)
-            wrapper.__provides__ = declared  # type: ignore[attr-defined]
+            key = (_WrappingProtocol, providedBy(wrapper))
+            wrapper.__provides__ = once_per_kind(key, _half_closeable, wrapper)  # type: ignore[attr-defined]
 
     def when_ready(self) -> Deferred[_BackendProtocol]:
         self._ready = Deferred(lambda d: self.transport.abortConnection())  # type: ignore[union-attr]

@@ -44,6 +44,7 @@ from zope.interface import implementer, providedBy
 from zope.interface.declarations import Provides
 from zope.interface.interface import InterfaceClass
 
+from tlsgate._declarations import once_per_kind
 from tlsgate._halfclose import can_half_close
 from tlsgate.certs import negotiated_group, session_reused
 from tlsgate.tracker._limits import CloseReason
@@ -55,10 +56,6 @@ if TYPE_CHECKING:
 #: point (nothing moved since the last look, and the last bytes went out).
 QUIET_INTERVAL = 0.05
 
-#: (wrapper class, transport's declaration, TLS layer's transport's
-#: declaration) -> what the wrapper declares; a handful of entries per process.
-_DECLARATIONS: dict[tuple[type, object, object, bool], object] = {}
-
 
 def _declaration(
     cls: type, transport: Any, tls: bool, half_close: bool = False
@@ -69,23 +66,27 @@ def _declaration(
     TLS layer keeps only one of them), with C{ISSLTransport} and without
     C{ITLSTransport} (a TLS connection cannot start TLS again); and
     C{IHalfCloseableProtocol} when the wrapped protocol takes half-closes.
+    Made once per kind of connection (L{once_per_kind}).
     """
     own = providedBy(transport)
     under = providedBy(transport.transport) if tls else None
     key = (cls, own, under, half_close)
-    found = _DECLARATIONS.get(key)
-    if found is None:
-        interfaces: list[InterfaceClass] = list(own)
-        if under is not None:
-            interfaces += [i for i in under if i not in interfaces]
-        if tls:
-            interfaces = [i for i in interfaces if not i.isOrExtends(ITLSTransport)]
-            if ISSLTransport not in interfaces:
-                interfaces.append(ISSLTransport)
-        if half_close:
-            interfaces.append(IHalfCloseableProtocol)
-        found = _DECLARATIONS[key] = Provides(cls, *interfaces)
-    return found
+    return once_per_kind(key, _make_declaration, cls, own, under, tls, half_close)
+
+
+def _make_declaration(
+    cls: type, own: Any, under: Any, tls: bool, half_close: bool
+) -> object:
+    interfaces: list[InterfaceClass] = list(own)
+    if under is not None:
+        interfaces += [i for i in under if i not in interfaces]
+    if tls:
+        interfaces = [i for i in interfaces if not i.isOrExtends(ITLSTransport)]
+        if ISSLTransport not in interfaces:
+            interfaces.append(ISSLTransport)
+    if half_close:
+        interfaces.append(IHalfCloseableProtocol)
+    return Provides(cls, *interfaces)
 
 
 @implementer(IHandshakeListener, IPushProducer)
