@@ -14,7 +14,7 @@ start listening.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -123,12 +123,9 @@ async def reconfigure(
         gateway.admin is not None
         and new.admin_token_file != gateway.config.admin_token_file
     ):
-        from twisted.web.server import Site
+        from tlsgate.admin import use_token_file
 
-        from tlsgate.admin import AdminRoot, token_file
-
-        site = cast(Site, gateway.admin.factory)
-        cast(AdminRoot, site.resource).token = token_file(new.admin_token_file)
+        use_token_file(gateway.admin, new.admin_token_file)
         changes.append("admin: token file changed")
     if new.admin != gateway.config.admin:
         changes.append(

@@ -7,7 +7,7 @@ live state at scrape time.
 """
 
 from tlsgate.admin._metrics import GatewayCollector, make_registry
-from tlsgate.admin._resources import AdminRoot, TokenFile, token_file
+from tlsgate.admin._resources import AdminRoot, TokenFile, token_file, use_token_file
 from tlsgate.admin._status import gateway_status, reload_now
 from tlsgate.admin._view import IGatewayView, LocalView
 
@@ -21,4 +21,5 @@ __all__ = [
     "make_registry",
     "reload_now",
     "token_file",
+    "use_token_file",
 ]

@@ -9,7 +9,7 @@ import hmac
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
@@ -209,3 +209,12 @@ class AdminRoot(Resource):
 
 def token_file(path: str | None) -> TokenFile | None:
     return TokenFile(os.fspath(path)) if path else None
+
+
+def use_token_file(admin: Any, path: str | None) -> None:
+    """
+    Guard the running admin API (the service listening with an L{AdminRoot}
+    site) with the token file at C{path} from the next request on, as a
+    SIGHUP that changes C{admin_token_file} does.
+    """
+    cast(AdminRoot, admin.factory.resource).token = token_file(path)

@@ -96,14 +96,9 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
                       log_format=supervisor.config.log_format)  # fmt: skip
         kept.append("admin and log_format changes need a restart; kept the old ones")
     if new.admin_token_file != supervisor.config.admin_token_file and supervisor.admin:
-        from typing import cast
+        from tlsgate.admin import use_token_file
 
-        from twisted.web.server import Site
-
-        from tlsgate.admin import AdminRoot, token_file
-
-        site = cast(Site, supervisor.admin.factory)
-        cast(AdminRoot, site.resource).token = token_file(new.admin_token_file)
+        use_token_file(supervisor.admin, new.admin_token_file)
         kept.append("admin: token file changed")
     listeners = listener_changes(supervisor.config, new)
     done: Deferred[None] = Deferred()
