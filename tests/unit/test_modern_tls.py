@@ -7,6 +7,9 @@ close, the fatal ALPN alert, and ChaCha20 for clients that prefer it.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,7 @@ from tlsgate.certs import (
 )
 from tlsgate.certs._alpn import choose
 from tlsgate.certs._groups import negotiated_group
+from tlsgate.certs._policy import tls13_order
 from tlsgate.config import parse_config
 from tlsgate.errors import ConfigErrors
 from tlsgate.tracker import CloseReason, ConnectionTracker, Limits
@@ -302,6 +306,51 @@ def test_tls13_clients_offering_aes_128_gcm_get_it(
     client_ctx.set_tls13_ciphersuites(offered.encode())
     server, _ = handshake(server_context(ca), client_ctx)
     assert server.get_cipher_name() == "TLS_AES_128_GCM_SHA256"
+
+
+def test_the_tls13_order_keeps_out_what_the_system_left_out() -> None:
+    openssl_default = [
+        "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
+    ]  # fmt: skip
+    assert tls13_order(openssl_default) == [
+        "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    ]  # fmt: skip
+    # A crypto policy without AES-128, and one with a suite of its own.
+    assert tls13_order(["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_256_GCM_SHA384"]) == [
+        "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    ]  # fmt: skip
+    assert tls13_order(["TLS_AES_128_CCM_SHA256", "TLS_AES_128_GCM_SHA256"]) == [
+        "TLS_AES_128_GCM_SHA256", "TLS_AES_128_CCM_SHA256",
+    ]  # fmt: skip
+    assert tls13_order([]) == []  # no TLS 1.3 here: nothing set
+
+
+def test_a_system_policy_on_tls13_suites_is_kept(tmp_path: Path) -> None:
+    """
+    OpenSSL's configuration (C{OPENSSL_CONF}: C{Ciphersuites}, as a crypto
+    policy sets it) decides which suites exist; tlsgate only orders them.
+    Run in a fresh interpreter, since OpenSSL reads its configuration once.
+    """
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(
+        "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = sys\n"
+        "[sys]\nCiphersuites = TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384\n"
+    )
+    script = (
+        "from OpenSSL import SSL\n"
+        "from tlsgate.certs._policy import _order_tls13_suites\n"
+        "ctx = SSL.Context(SSL.TLS_SERVER_METHOD)\n"
+        "_order_tls13_suites(ctx)\n"
+        "print(':'.join(n for n in SSL.Connection(ctx, None).get_cipher_list()"
+        " if n.startswith('TLS_')))\n"
+    )
+    src = Path(_policy.__file__).resolve().parents[2]  # this tree's tlsgate
+    env = dict(os.environ, OPENSSL_CONF=str(conf), PYTHONPATH=str(src))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert out == "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
 # -- through the tracker -----------------------------------------------------------

@@ -551,10 +551,11 @@ def resumed_after(
     if session is not None:
         client.set_session(session)
     handshake(client, server)
-    # End it cleanly, with close_notify both ways, as the gateway and most
-    # clients do: OpenSSL takes a session freed without one for a bad one
-    # (as after an error) and makes it unresumable; and when the free
-    # happens depends on the garbage collector.
+    # End both sides cleanly (each sends its close_notify, as the gateway and
+    # most clients do; the bytes need not travel): OpenSSL takes the session
+    # of an SSL freed without having sent one for a bad one (as after an
+    # error) and makes it unresumable, and when the free happens depends on
+    # the garbage collector.
     server.shutdown()
     client.shutdown()
 

@@ -15,6 +15,7 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -35,9 +36,13 @@ DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: cost a full handshake about 10% more CPU (measured with OpenSSL 4.0.3; see
 #: docs/benchmarks.md), for no security the X25519 or P-256 key exchange can
 #: carry. A client that lists ChaCha20 first still gets it.
-TLS13_SUITES = (
-    b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS13_ORDER = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
 )
+
+_set_ciphersuites = getattr(_openssl_lib, "SSL_CTX_set_ciphersuites", None)
 
 #: OpenSSL's SSL_OP_PRIORITIZE_CHACHA (bit 21 since 1.1.1), which pyOpenSSL's
 #: binding does not export: with the server's cipher order, a client that
@@ -95,6 +100,45 @@ def check_cipher_string(ciphers: str) -> str | None:
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 
 
+def tls13_order(allowed: list[str]) -> list[str]:
+    """
+    The TLS 1.3 suites of C{allowed} (what OpenSSL offers here, in its
+    order) with those of L{TLS13_ORDER} first, in that order: a suite the
+    system's OpenSSL configuration (C{Ciphersuites}, a crypto policy) leaves
+    out stays out.
+    """
+    first = [s for s in TLS13_ORDER if s in allowed]
+    return first + [s for s in allowed if s not in first]
+
+
+@cache
+def _tls13_suites() -> tuple[list[str], bytes | None]:
+    """
+    The TLS 1.3 suites a new context gets from this OpenSSL and its
+    configuration (read once per process), and L{tls13_order}'s text for
+    them (C{None}: nothing to change). Read from a throwaway context: a
+    context that has made a connection can no longer be changed.
+    """
+    probe = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    allowed = [n for n in probe.get_cipher_list() if n.startswith("TLS_")]
+    order = tls13_order(allowed)
+    if not order or order == allowed:
+        return allowed, None
+    return allowed, ":".join(order).encode("ascii")
+
+
+def _order_tls13_suites(ctx: SSL.Context) -> None:
+    """Put C{ctx}'s TLS 1.3 suites in L{tls13_order}."""
+    text = _tls13_suites()[1]
+    if text is None:
+        return
+    setter = getattr(ctx, "set_tls13_ciphersuites", None)  # pyOpenSSL >= 25.3
+    if setter is not None:
+        setter(text)
+    elif _set_ciphersuites is not None:  # an older pyOpenSSL: its binding
+        _set_ciphersuites(ctx._context, text)
+
+
 def build_server_context(
     material: CertifiedKey,
     policy: TLSPolicy,
@@ -134,9 +178,7 @@ def build_server_context(
     )
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_cipher_list(policy.ciphers.encode("ascii"))
-    set_suites = getattr(ctx, "set_tls13_ciphersuites", None)  # pyOpenSSL >= 25
-    if set_suites is not None:
-        set_suites(TLS13_SUITES)
+    _order_tls13_suites(ctx)
     set_groups(ctx, policy.groups)
 
     ctx.use_certificate(material.leaf)
