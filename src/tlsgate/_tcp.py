@@ -63,6 +63,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
+from twisted.python.runtime import platformType
 
 #: What one connection's log events are prefixed with (the stock transports
 #: format a per-connection string at accept or connect).
@@ -245,11 +246,14 @@ class LeanServer(_Lean, tcp.Server):
 
 class LeanPort(tcp.Port):
     """
-    A listening port whose accept loop is the stock one's fast path: no
-    buffering logger, generator or logger lookups per wake-up. Anything but
-    "nothing more to accept" (C{EMFILE}, C{ENOBUFS}, ...) is left to the
-    stock C{doRead}, which handles and logs it (with its reserved
-    descriptor for C{EMFILE}).
+    A listening port whose accept loop is the stock one's, without its
+    buffering logger, generator and logger lookups per wake-up: the same
+    batch size and its scaling, C{EPERM} skipped, the IPv6 scope ID kept, a
+    socket closed when no protocol is built, and an error from a protocol
+    logged with the batch size left as it was. Running out of descriptors or
+    buffers (C{EMFILE}, C{ENOBUFS}, ...) or an aborted connection is left to
+    the stock loop, with what is left of the batch: it handles and logs them
+    (C{EMFILE} with its reserved descriptor).
     """
 
     def doRead(self) -> None:
@@ -258,15 +262,17 @@ class LeanPort(tcp.Port):
         limit = self.numberAccepts
         accepted = 0
         try:
-            while accepted < limit:
+            for _ in range(limit):
                 try:
                     skt, addr = accept()
                 except BlockingIOError:
                     break
-                except InterruptedError:
-                    continue
-                except OSError:
+                except OSError as e:
+                    if e.errno == errno.EPERM:
+                        continue  # refused by a firewall rule: on to the next
+                    self.numberAccepts = max(1, limit - accepted)
                     tcp.Port.doRead(self)
+                    self.numberAccepts += accepted
                     return
                 accepted += 1
                 if len(addr) == 4:  # IPv6: the scope ID, as the stock loop keeps it
@@ -283,13 +289,14 @@ class LeanPort(tcp.Port):
                 protocol.makeConnection(
                     self.transport(skt, protocol, addr, self, s, self.reactor)
                 )
+            # The stock loop's scaling: more next time after a full batch,
+            # else no more than were there.
+            if accepted == limit:
+                self.numberAccepts = limit + 20
+            else:
+                self.numberAccepts = max(1, accepted)
         except BaseException:
             log.deferr()  # as the stock loop does
-        # The stock loop's scaling: more next time after a full batch.
-        if accepted == limit:
-            self.numberAccepts = limit + 20
-        else:
-            self.numberAccepts = max(1, accepted)
 
 
 def use_lean_transports(port: object) -> None:
@@ -299,7 +306,8 @@ def use_lean_transports(port: object) -> None:
     """
     if isinstance(port, tcp.Port) and port.transport is tcp.Server:
         port.transport = LeanServer
-        if type(port) is tcp.Port:
+        if type(port) is tcp.Port and platformType == "posix":
+            # (Windows' select loop must accept one connection per wake-up.)
             port.__class__ = LeanPort
         try:
             port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

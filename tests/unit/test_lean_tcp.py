@@ -342,6 +342,125 @@ def test_a_connection_no_protocol_is_built_for_is_closed(
     client.close()
 
 
+class FailingAccepts:
+    """A listening socket whose next accept() calls raise the given errors."""
+
+    def __init__(self, real: socket.socket, *errors: OSError) -> None:
+        self.real = real
+        self.errors = list(errors)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def accept(self) -> Any:
+        if self.errors:
+            error = self.errors.pop(0)
+            if error is not None:
+                raise error
+        return self.real.accept()
+
+
+def connect(port: tcp.Port, n: int) -> list[socket.socket]:
+    return [
+        socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(n)
+    ]
+
+
+def close_all(clients: list[socket.socket], factory: Built) -> None:
+    for c in clients:
+        c.close()
+    for p in factory.built:
+        p.transport.socket.close()  # type: ignore[union-attr]
+
+
+def test_a_full_batch_makes_the_next_one_larger(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    port, factory = lean_port
+    port.numberAccepts = 2
+    clients = connect(port, 3)
+    port.doRead()
+    assert len(factory.built) == 2 and port.numberAccepts == 22  # as the stock loop
+    port.doRead()
+    assert len(factory.built) == 3
+    close_all(clients, factory)
+
+
+def test_a_protocol_that_fails_leaves_the_batch_size_and_the_rest_waiting(
+    lean_port: tuple[tcp.Port, Built], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, factory = lean_port
+    logged: list[object] = []
+    monkeypatch.setattr("tlsgate._tcp.log.deferr", lambda: logged.append(1))
+    real_build = factory.buildProtocol
+    calls = []
+
+    def build(addr: Any) -> Recorder | None:
+        calls.append(addr)
+        if len(calls) == 2:
+            raise RuntimeError("a broken factory")
+        return real_build(addr)
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    clients = connect(port, 4)
+    port.doRead()
+    assert len(factory.built) == 1 and logged == [1]
+    assert port.numberAccepts == 100  # left as it was, as the stock loop does
+    port.doRead()  # the two behind it were left in the backlog, not lost
+    assert len(factory.built) == 3
+    close_all(clients, factory)
+
+
+def test_a_firewall_refusal_is_skipped_within_the_batch(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    port, factory = lean_port
+    real = port.socket
+    port.socket = FailingAccepts(real, OSError(errno.EPERM, "refused"))  # type: ignore[assignment]
+    clients = connect(port, 2)
+    port.doRead()
+    port.socket = real
+    assert len(factory.built) == 2  # the refusal cost one attempt, not the wake-up
+    close_all(clients, factory)
+
+
+def test_an_error_mid_batch_hands_the_rest_of_the_batch_to_the_stock_loop(
+    lean_port: tuple[tcp.Port, Built],
+) -> None:
+    port, factory = lean_port
+    real = port.socket
+    port.socket = FailingAccepts(  # type: ignore[assignment]
+        real, None, OSError(errno.ECONNABORTED, "Software caused connection abort")
+    )
+    clients = connect(port, 3)
+    port.doRead()
+    port.socket = real
+    assert len(factory.built) == 3  # one by the lean loop, two by the stock one
+    assert all(type(p.transport) is LeanServer for p in factory.built)
+    assert port.numberAccepts == 3  # what the two loops took together
+    close_all(clients, factory)
+
+
+def test_an_ipv6_peer_keeps_its_address() -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    factory = Built()
+    port = tcp.Port(0, factory, interface="::1", reactor=Reactor())  # type: ignore[arg-type]
+    port.startListening()
+    use_lean_transports(port)
+    client = socket.create_connection(("::1", port.getHost().port))
+    port.doRead()
+    (built,) = factory.built
+    peer = built.transport.getPeer()  # type: ignore[union-attr]
+    assert (peer.host, peer.port) == ("::1", client.getsockname()[1])
+    close_all([client], factory)
+    port.socket.close()
+
+
 def test_an_accept_error_is_left_to_the_stock_loop(
     lean_port: tuple[tcp.Port, Built],
 ) -> None:
