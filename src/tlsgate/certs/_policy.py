@@ -112,24 +112,24 @@ def tls13_order(allowed: list[str]) -> list[str]:
 
 
 @cache
-def _tls13_suites() -> tuple[list[str], bytes | None]:
+def _tls13_suites_text() -> bytes | None:
     """
-    The TLS 1.3 suites a new context gets from this OpenSSL and its
-    configuration (read once per process), and L{tls13_order}'s text for
-    them (C{None}: nothing to change). Read from a throwaway context: a
-    context that has made a connection can no longer be changed.
+    L{tls13_order} of the TLS 1.3 suites a new context gets from this
+    OpenSSL and its configuration (read once per process), as OpenSSL's
+    text; C{None} when that is their order already. Asked of a throwaway
+    context: a context that has made a connection can no longer be changed.
     """
     probe = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
     allowed = [n for n in probe.get_cipher_list() if n.startswith("TLS_")]
     order = tls13_order(allowed)
     if not order or order == allowed:
-        return allowed, None
-    return allowed, ":".join(order).encode("ascii")
+        return None
+    return ":".join(order).encode("ascii")
 
 
 def _order_tls13_suites(ctx: SSL.Context) -> None:
     """Put C{ctx}'s TLS 1.3 suites in L{tls13_order}."""
-    text = _tls13_suites()[1]
+    text = _tls13_suites_text()
     if text is None:
         return
     setter = getattr(ctx, "set_tls13_ciphersuites", None)  # pyOpenSSL >= 25.3
