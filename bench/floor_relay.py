@@ -89,23 +89,27 @@ class Relay:
         self.ep.register(self.listener.fileno(), IN)
 
     def run(self) -> None:
-        lfd = self.listener.fileno()
+        poll, dispatch = self.ep.poll, self.dispatch
         while True:
-            for fd, ev in self.ep.poll():
-                if fd == lfd:
-                    self.accept()
-                    continue
-                entry = self.fds.get(fd)
-                if entry is None:
-                    continue
-                c, is_back = entry
-                if ev & OUT:
-                    self.flush(c, is_back)
-                if ev & (IN | select.EPOLLHUP | select.EPOLLERR) and not c.done:
-                    if is_back:
-                        self.backend_readable(c)
-                    else:
-                        self.client_readable(c)
+            for fd, ev in poll():
+                dispatch(fd, ev)
+
+    def dispatch(self, fd: int, ev: int) -> None:
+        """One event: a connection to accept, a socket to flush or to read."""
+        if fd == self.listener.fileno():
+            self.accept()
+            return
+        entry = self.fds.get(fd)
+        if entry is None:
+            return
+        c, is_back = entry
+        if ev & OUT:
+            self.flush(c, is_back)
+        if ev & (IN | select.EPOLLHUP | select.EPOLLERR) and not c.done:
+            if is_back:
+                self.backend_readable(c)
+            else:
+                self.client_readable(c)
 
     def accept(self) -> None:
         while True:
@@ -312,7 +316,8 @@ class TwistedRelay(Relay):
     """
     The same floor on Twisted's epoll reactor (with tlsgate's direct event
     dispatch, as the gateway runs): each socket a bare descriptor, no
-    transports or protocols. What it spends above L{Relay} is the reactor.
+    transports or protocols, whose events go to L{Relay.dispatch}. What it
+    spends above L{Relay} is the reactor.
     """
 
     def run(self) -> None:
@@ -328,22 +333,6 @@ class TwistedRelay(Relay):
         self.ep = _ReactorPoller(reactor, self)  # type: ignore[assignment]
         self.ep.register(self.listener.fileno(), IN)
         reactor.run()  # type: ignore[attr-defined]
-
-    def dispatch(self, fd: int, event: int) -> None:
-        if fd == self.listener.fileno():
-            self.accept()
-            return
-        entry = self.fds.get(fd)
-        if entry is None:
-            return
-        c, is_back = entry
-        if event & OUT:
-            self.flush(c, is_back)
-        elif not c.done:
-            if is_back:
-                self.backend_readable(c)
-            else:
-                self.client_readable(c)
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ of tlsgate (before and after a change) where timings drown in noise.
     python bench/instructions.py                      # this tree
     python bench/instructions.py --tree /path/to/other/checkout --tree .
     python bench/instructions.py --connections 500 --tls-version 1.2
+    python bench/instructions.py --server twfloor     # or floor, floor-socket-bio
 
 Each tree's gateway (``twistd -n tlsgate --config X.ini`` with the tree's
 ``src`` on the path, ``session_resumption = off``) runs under ``valgrind
@@ -95,8 +96,18 @@ def one_connection(port: int, ctx: ssl.SSLContext) -> None:
                 raise RuntimeError(f"unexpected answer {data!r}")
 
 
-def count(tree: Path, connections: int, version: str, workdir: Path) -> int:
-    """Instructions of the gateway of C{tree} over C{connections} connections."""
+#: What else can be counted in the gateway's place: bench/floor_relay.py's
+#: floors (their arguments), for how far tlsgate is from a featureless relay.
+FLOORS = {"floor": [], "floor-socket-bio": ["--socket-bio"], "twfloor": ["--twisted"]}
+
+
+def count(
+    tree: Path, connections: int, version: str, workdir: Path, server: str = "tlsgate"
+) -> int:
+    """
+    Instructions of the gateway of C{tree} (or of the floor C{server} names,
+    L{FLOORS}) over C{connections} connections.
+    """
     cert, key = make_certificate(workdir)
     backend = Server(("127.0.0.1", 0), Backend)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
@@ -112,10 +123,17 @@ def count(tree: Path, connections: int, version: str, workdir: Path) -> int:
     pidfile = workdir / "twistd.pid"
     twistd = Path(sys.executable).with_name("twistd")
     env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
+    if server == "tlsgate":
+        argv = [str(twistd), "-n", "--pidfile", str(pidfile),
+                "-l", str(workdir / "gateway.log"), "tlsgate", "--config", str(ini)]  # fmt: skip
+    else:
+        argv = [sys.executable, str(tree / "bench" / "floor_relay.py"),
+                "--cert", str(cert), "--key", str(key), "--port", str(port),
+                "--backend", f"127.0.0.1:{backend.server_address[1]}",
+                *FLOORS[server]]  # fmt: skip
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-         f"--callgrind-out-file={out}", str(twistd), "-n", "--pidfile", str(pidfile),
-         "-l", str(workdir / "gateway.log"), "tlsgate", "--config", str(ini)],
+         f"--callgrind-out-file={out}", *argv],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ctx = ssl.create_default_context()
@@ -136,7 +154,7 @@ def count(tree: Path, connections: int, version: str, workdir: Path) -> int:
                 time.sleep(0.5)
         for _ in range(50):
             one_connection(port, ctx)
-        pid = pidfile.read_text().strip()
+        pid = pidfile.read_text().strip() if server == "tlsgate" else str(proc.pid)
         subprocess.run(
             ["callgrind_control", "-i", "on", pid], check=True, capture_output=True
         )
@@ -173,13 +191,26 @@ def main() -> int:
     )
     p.add_argument("--connections", type=int, default=300)
     p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"])
+    p.add_argument(
+        "--server",
+        default="tlsgate",
+        choices=["tlsgate", *FLOORS],
+        help="count a floor of bench/floor_relay.py instead of the gateway",
+    )
     args = p.parse_args()
     trees = args.tree or [REPO]
     for tree in trees:
         with tempfile.TemporaryDirectory(prefix="tlsgate-instructions.") as tmp:
-            total = count(tree.resolve(), args.connections, args.tls_version, Path(tmp))
+            total = count(
+                tree.resolve(),
+                args.connections,
+                args.tls_version,
+                Path(tmp),
+                args.server,
+            )
         print(
-            f"{tree}: {total / args.connections:,.0f} instructions per connection"
+            f"{tree} ({args.server}): {total / args.connections:,.0f} instructions"
+            " per connection"
             f" (TLS {args.tls_version}, {args.connections} connections)"
         )
     return 0
