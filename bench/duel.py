@@ -21,7 +21,9 @@ server alone on the core, gave 0.63-0.72x the same hour). For ratios against
 peers use bench/peers.sh.
 
 A side is NAME=TREE (tlsgate from that checkout, run as users run it:
-C{twistd -n tlsgate --config X.ini}, C{session_resumption = off}), or
+C{twistd -n tlsgate --config X.ini}, C{session_resumption = off}, under the
+same no-tickets OpenSSL config as the C servers; NAME=TREE@tickets leaves it
+out, so that OpenSSL sends its two TLS 1.3 tickets), or
 C{hitch}, C{haproxy} or C{floor}, started as C{bench/peers.py} starts them.
 Uses bench/peers.py's certificates, nginx backend and hsload. Not a test and
 not run in CI.
@@ -45,8 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers
 
 
-def start_tree(bench: peers.Bench, tree: str, key: str, tag: str) -> tuple[Any, int]:
-    """tlsgate from checkout C{tree}, on the server core."""
+def start_tree(
+    bench: peers.Bench, tree: str, key: str, tag: str, tickets: bool = False
+) -> tuple[Any, int]:
+    """
+    tlsgate from checkout C{tree}, on the server core, under the C servers'
+    no-tickets OpenSSL config unless C{tickets} (see bench/peers.py).
+    """
     (port,) = peers.free_ports(1)
     cert, keyf, _ = bench.certs[key]
     ini = bench.path(f"{tag}.ini")
@@ -63,7 +70,10 @@ def start_tree(bench: peers.Bench, tree: str, key: str, tag: str) -> tuple[Any, 
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONPATH=os.pathsep.join([os.path.join(root, "src"), root]),
     )
-    env.pop("OPENSSL_CONF", None)
+    if tickets:
+        env.pop("OPENSSL_CONF", None)
+    else:
+        env["OPENSSL_CONF"] = os.path.join(bench.s.tools, "openssl-notickets.cnf")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     log = bench.path(f"{tag}.log")
     argv = [twistd, "-n", "--pidfile", bench.path(f"{tag}.pid"), "--logfile", log,
@@ -129,8 +139,11 @@ def main() -> int:
         sides = []
         for spec in (a.a, a.b):
             name, _, tree = spec.partition("=")
+            tree, at, what = tree.partition("@")
+            if at and what != "tickets":
+                raise SystemExit(f"{spec}: only @tickets may follow a tree")
             if tree:
-                proc, port = start_tree(bench, tree, a.key, name)
+                proc, port = start_tree(bench, tree, a.key, name, tickets=bool(at))
             else:
                 proc, port = bench.start_server(name, a.key)
             bench.probe(port, a.key)

@@ -16,7 +16,8 @@ and, for each, the server's CPU time (all its processes, from /proc) over the
 measured interval divided by the work done. The server runs on core 0, the
 clients on core 1; the order of the servers is reversed every other round and
 the table gives the median of the rounds. Session tickets are off everywhere:
-C{OPENSSL_CONF=shared/tools/openssl-notickets.cnf} for the C servers,
+C{OPENSSL_CONF=shared/tools/openssl-notickets.cnf} (C{NumTickets = 0}) for
+every server, C or Python (cryptography's OpenSSL reads it too), with
 C{session_resumption = off} for tlsgate and a no-resumption policy for the
 bare forwarder (C{bench/gateway_variant.py --variant static}; and, when named
 in C{--only}, Twisted's stock forwarder, C{bench/portforward.py}; and
@@ -338,7 +339,11 @@ http {{
             # <repo> for twisted/plugins/tlsgate_plugin.py, src for tlsgate.
             PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src"), REPO]),
         )
-        py_env.pop("OPENSSL_CONF", None)
+        # The same config for the Python servers: cryptography's OpenSSL reads
+        # it too, and it is the only way to stop the two TLS 1.3 tickets that
+        # OpenSSL sends even with session_resumption = off (no binding has
+        # SSL_CTX_set_num_tickets); they cost about 1% of an RSA handshake.
+        py_env["OPENSSL_CONF"] = notickets
         if name == "tlsgate":
             ini = self.path(f"{tag}.ini")
             with open(ini, "w") as f:

@@ -353,6 +353,76 @@ def test_a_system_policy_on_tls13_suites_is_kept(tmp_path: Path) -> None:
     assert out == "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
+#: Run in a fresh interpreter: one full TLS 1.3 handshake in memory against a
+#: server context built by tlsgate with resumption off; prints how many bytes
+#: the server sent after the client's Finished (its session tickets).
+_AFTER_FINISHED = """
+import trustme
+from OpenSSL import SSL
+from tlsgate.certs import TLSPolicy, build_server_context, parse_certified_key
+leaf = trustme.CA().issue_cert("localhost")
+material = parse_certified_key(
+    b"".join(b.bytes() for b in leaf.cert_chain_pems), leaf.private_key_pem.bytes(),
+    cert_path="c", key_path="k")
+server = SSL.Connection(
+    build_server_context(material, TLSPolicy(session_resumption=False)), None)
+server.set_accept_state()
+client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+client.set_connect_state()
+def move(a, b):
+    moved = 0
+    while True:
+        try:
+            data = a.bio_read(65536)
+        except SSL.WantReadError:
+            return moved
+        b.bio_write(data)
+        moved += len(data)
+for _ in range(5):
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    move(client, server)
+    try:
+        server.do_handshake()
+    except SSL.WantReadError:
+        move(server, client)
+        continue
+    assert server.get_protocol_version_name() == "TLSv1.3"
+    print(move(server, client))
+    break
+"""
+
+
+@pytest.mark.parametrize("no_tickets_conf", [False, True])
+def test_tls13_tickets_without_resumption_follow_openssl_conf(
+    tmp_path: Path, no_tickets_conf: bool
+) -> None:
+    """
+    With C{session_resumption = off} OpenSSL still sends TLS 1.3 clients its
+    tickets (pyOpenSSL binds no C{SSL_CTX_set_num_tickets}); an OpenSSL
+    config with C{NumTickets = 0} stops them, as docs/tls.md tells operators.
+    """
+    env = dict(os.environ, PYTHONPATH=str(Path(_policy.__file__).resolve().parents[2]))
+    env.pop("OPENSSL_CONF", None)
+    if no_tickets_conf:
+        conf = tmp_path / "openssl.cnf"
+        conf.write_text(
+            "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\n"
+            "system_default = sys\n[sys]\nNumTickets = 0\n"
+        )
+        env["OPENSSL_CONF"] = str(conf)
+    out = subprocess.run(
+        [sys.executable, "-c", _AFTER_FINISHED], env=env, capture_output=True,
+        text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    if no_tickets_conf:
+        assert int(out) == 0
+    else:
+        assert int(out) > 0  # the tickets, which cannot resume anything
+
+
 # -- through the tracker -----------------------------------------------------------
 
 
