@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
+from tlsgate import _changes
 from tlsgate._assembly import tls_over
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
@@ -100,13 +101,14 @@ async def reconfigure(
             listener.expiry.stop()
             gateway.retired.append(listener)
             del old[name]
-            why = "removed" if target is None else f"moved to {target.listen}"
-            changes.append(f"listener {name}: {why}; its open connections continue")
+            changes.append(
+                _changes.retired(name, None if target is None else target.listen)
+            )
         elif listener.config != target:
             old[name] = _update(
                 listener, target, contexts.get(name), pools.get(name), reactor
             )
-            changes.append(f"listener {name}: new settings for new connections")
+            changes.append(_changes.updated(name))
     await DeferredList([d for d in closing if isinstance(d, Deferred)])
     for name, listener in fresh.items():
         try:
@@ -114,10 +116,10 @@ async def reconfigure(
             listener.expiry.start()
         except TlsgateError as e:
             listener.service.disownServiceParent()
-            changes.append(f"listener {name}: NOT started: {e}")
+            changes.append(_changes.not_started(name, e))
             continue
         old[name] = listener
-        changes.append(f"listener {name}: listening on {listener.config.listen}")
+        changes.append(_changes.listening(name, listener.config.listen))
 
     if (
         gateway.admin is not None
@@ -126,14 +128,12 @@ async def reconfigure(
         from tlsgate.admin import use_token_file
 
         use_token_file(gateway.admin, new.admin_token_file)
-        changes.append("admin: token file changed")
+        changes.append(_changes.token_file_changed())
     if new.admin != gateway.config.admin:
-        changes.append(
-            "admin: a changed admin endpoint needs a restart; kept the old one"
-        )
+        changes.append(_changes.admin_kept())
         new = replace(new, admin=gateway.config.admin)
     if new.log_format != gateway.config.log_format:
-        changes.append("log_format: a change needs a restart; kept the old one")
+        changes.append(_changes.log_format_kept())
         new = replace(new, log_format=gateway.config.log_format)
     if new.workers != gateway.config.workers:
         changes.append(
@@ -142,9 +142,9 @@ async def reconfigure(
         )
         new = replace(new, workers=gateway.config.workers)
     if new.drain_delay != gateway.config.drain_delay:
-        changes.append(f"drain_delay: now {new.drain_delay:g}s")
+        changes.append(_changes.drain_delay(new.drain_delay))
     if new.drain_timeout != gateway.config.drain_timeout:
-        changes.append(f"drain_timeout: now {new.drain_timeout:g}s")
+        changes.append(_changes.drain_timeout(new.drain_timeout))
     gateway.config = new
     return changes
 

@@ -11,6 +11,7 @@ from tlsgate._reconfigure import reconfigure
 from tlsgate.config import parse_config
 from tlsgate.errors import CertificateError
 from tlsgate.service import GatewayService, build_service
+from tlsgate.workers._build import listener_changes
 
 
 def ini(tmp: Path, *listeners: tuple[str, int, str], idle: str = "5m") -> str:
@@ -100,3 +101,34 @@ def test_a_change_of_workers_is_said_to_need_a_restart(tmp: Path) -> None:
     changes = apply(gateway, tmp, text, reactor)
     assert any(c.startswith("workers: ") and "needs a restart" in c for c in changes)
     assert gateway.config.workers == 1
+
+
+def test_one_process_and_workers_word_the_same_changes_alike(tmp: Path) -> None:
+    """
+    An operator's log after a SIGHUP says the same thing whether one process
+    or a supervisor of workers applied it: a listener updated, one moved to
+    another port, one removed, one added, and the drain settings changed.
+    """
+    cert = str(tmp / "c.pem")
+    before = "[gateway]\ndrain_delay = 1s\n" + ini(
+        tmp, ("web", 8443, cert), ("api", 9443, cert), ("old", 7443, cert)
+    )
+    after = "[gateway]\ndrain_delay = 2s\ndrain_timeout = 9s\n" + ini(
+        tmp, ("web", 8443, cert), ("api", 9444, cert), ("new", 6443, cert), idle="1m"
+    )
+    gateway, reactor = start(tmp, before)
+    one_process = apply(gateway, tmp, after, reactor)
+    supervised = listener_changes(
+        parse_config(before, file=str(tmp / "g.ini")),
+        parse_config(after, file=str(tmp / "g.ini")),
+    )
+    assert one_process == supervised
+    assert one_process == [
+        "listener web: new settings for new connections",
+        "listener api: moved to tcp:9444; its open connections continue",
+        "listener old: removed; its open connections continue",
+        "listener api: listening on tcp:9444",
+        "listener new: listening on tcp:6443",
+        "drain_delay: now 2s",
+        "drain_timeout: now 9s",
+    ]

@@ -7,11 +7,13 @@ L{tlsgate.tap.reload_config}.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from tlsgate import _changes
 from tlsgate.config import GatewayConfig, load_config
 from tlsgate.errors import ConfigErrors, TlsgateError
 from tlsgate.workers._launcher import ILauncher, ProcessLauncher
@@ -86,20 +88,17 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
         _log.info("SIGHUP: {path}: nothing changed", path=path, event="config_reloaded")
         return succeed(None)
     kept = []
-    if (
-        new.admin != supervisor.config.admin
-        or new.log_format != supervisor.config.log_format
-    ):
-        from dataclasses import replace
-
-        new = replace(new, admin=supervisor.config.admin,
-                      log_format=supervisor.config.log_format)  # fmt: skip
-        kept.append("admin and log_format changes need a restart; kept the old ones")
+    if new.admin != supervisor.config.admin:
+        new = replace(new, admin=supervisor.config.admin)
+        kept.append(_changes.admin_kept())
+    if new.log_format != supervisor.config.log_format:
+        new = replace(new, log_format=supervisor.config.log_format)
+        kept.append(_changes.log_format_kept())
     if new.admin_token_file != supervisor.config.admin_token_file and supervisor.admin:
         from tlsgate.admin import use_token_file
 
         use_token_file(supervisor.admin, new.admin_token_file)
-        kept.append("admin: token file changed")
+        kept.append(_changes.token_file_changed())
     listeners = listener_changes(supervisor.config, new)
     done: Deferred[None] = Deferred()
 
@@ -122,18 +121,28 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
 
 
 def listener_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
-    """What a new config changes, in the words a one-process reload logs."""
+    """
+    What a new config changes, in the words (L{tlsgate._changes}) and order
+    of a one-process reload: listeners removed or moved away first, then
+    those updated in place, then those listening anew.
+    """
     before = {lc.name: lc for lc in old.listeners}
     after = {lc.name: lc for lc in new.listeners}
     out = []
-    for name, lc in after.items():
-        was = before.get(name)
-        if was is None or was.listen != lc.listen:
-            out.append(f"listener {name}: listening on {lc.listen}")
-        elif was != lc:
-            out.append(f"listener {name}: new settings for new connections")
-    for name in before.keys() - after.keys():
-        out.append(f"listener {name}: removed; its open connections continue")
+    for name, was in before.items():
+        lc = after.get(name)
+        if lc is None or lc.listen != was.listen:
+            out.append(_changes.retired(name, None if lc is None else lc.listen))
+        elif lc != was:
+            out.append(_changes.updated(name))
+    for name, fresh in after.items():
+        earlier = before.get(name)
+        if earlier is None or earlier.listen != fresh.listen:
+            out.append(_changes.listening(name, fresh.listen))
     if new.workers != old.workers:
         out.append(f"workers: now {new.workers}")
+    if new.drain_delay != old.drain_delay:
+        out.append(_changes.drain_delay(new.drain_delay))
+    if new.drain_timeout != old.drain_timeout:
+        out.append(_changes.drain_timeout(new.drain_timeout))
     return out
