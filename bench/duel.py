@@ -139,11 +139,14 @@ def main() -> int:
         sides = []
         for spec in (a.a, a.b):
             name, _, tree = spec.partition("=")
-            tree, at, what = tree.partition("@")
-            if at and what != "tickets":
-                raise SystemExit(f"{spec}: only @tickets may follow a tree")
+            if tree.endswith("@tickets"):
+                tree, tickets = tree[: -len("@tickets")], True
+            else:
+                tickets = False
+            if tickets and not tree:
+                raise SystemExit(f"{spec}: @tickets follows a tree (NAME=TREE@tickets)")
             if tree:
-                proc, port = start_tree(bench, tree, a.key, name, tickets=bool(at))
+                proc, port = start_tree(bench, tree, a.key, name, tickets=tickets)
             else:
                 proc, port = bench.start_server(name, a.key)
             bench.probe(port, a.key)

@@ -94,7 +94,8 @@ async def reconfigure(
     # move from one listener to another.
     changes: list[str] = []
     closing = []
-    for name, listener in list(old.items()):
+    # Listeners in name order, as the supervisor of workers words them too.
+    for name, listener in sorted(old.items()):
         target = wanted.get(name)
         if target is None or name in fresh:
             closing.append(listener.service.disownServiceParent())
@@ -110,7 +111,7 @@ async def reconfigure(
             )
             changes.append(_changes.updated(name))
     await DeferredList([d for d in closing if isinstance(d, Deferred)])
-    for name, listener in fresh.items():
+    for name, listener in sorted(fresh.items()):
         try:
             listener.service.setServiceParent(gateway)
             listener.expiry.start()

@@ -114,7 +114,7 @@ def test_one_process_and_workers_word_the_same_changes_alike(tmp: Path) -> None:
         tmp, ("web", 8443, cert), ("api", 9443, cert), ("old", 7443, cert)
     )
     after = "[gateway]\ndrain_delay = 2s\ndrain_timeout = 9s\n" + ini(
-        tmp, ("web", 8443, cert), ("api", 9444, cert), ("new", 6443, cert), idle="1m"
+        tmp, ("web", 8443, cert), ("new", 6443, cert), ("api", 9444, cert), idle="1m"
     )
     gateway, reactor = start(tmp, before)
     one_process = apply(gateway, tmp, after, reactor)
@@ -124,11 +124,24 @@ def test_one_process_and_workers_word_the_same_changes_alike(tmp: Path) -> None:
     )
     assert one_process == supervised
     assert one_process == [
-        "listener web: new settings for new connections",
         "listener api: moved to tcp:9444; its open connections continue",
         "listener old: removed; its open connections continue",
+        "listener web: new settings for new connections",
         "listener api: listening on tcp:9444",
         "listener new: listening on tcp:6443",
         "drain_delay: now 2s",
         "drain_timeout: now 9s",
+    ]
+    # A second reload: the moved listener now comes last in the gateway's own
+    # table (it was re-added), and the order of the lines must not follow it.
+    again = after.replace("idle_timeout = 1m", "idle_timeout = 2m")
+    one_process = apply(gateway, tmp, again, reactor)
+    assert one_process == listener_changes(
+        parse_config(after, file=str(tmp / "g.ini")),
+        parse_config(again, file=str(tmp / "g.ini")),
+    )
+    assert one_process == [
+        "listener api: new settings for new connections",
+        "listener new: new settings for new connections",
+        "listener web: new settings for new connections",
     ]

@@ -122,20 +122,21 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
 
 def listener_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """
-    What a new config changes, in the words (L{tlsgate._changes}) and order
-    of a one-process reload: listeners removed or moved away first, then
-    those updated in place, then those listening anew.
+    What a new config changes to the listeners, in the words
+    (L{tlsgate._changes}) and order of a one-process reload: first, by name,
+    each listener of the old config removed, moved away or updated in place;
+    then, by name, each listening anew.
     """
     before = {lc.name: lc for lc in old.listeners}
     after = {lc.name: lc for lc in new.listeners}
     out = []
-    for name, was in before.items():
+    for name, was in sorted(before.items()):
         lc = after.get(name)
         if lc is None or lc.listen != was.listen:
             out.append(_changes.retired(name, None if lc is None else lc.listen))
         elif lc != was:
             out.append(_changes.updated(name))
-    for name, fresh in after.items():
+    for name, fresh in sorted(after.items()):
         earlier = before.get(name)
         if earlier is None or earlier.listen != fresh.listen:
             out.append(_changes.listening(name, fresh.listen))
