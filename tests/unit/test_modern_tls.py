@@ -79,16 +79,16 @@ class Handle:
         return self.connection
 
 
-def shuttle(a: SSL.Connection, b: SSL.Connection) -> bool:
-    """Move pending bytes from a to b; whether any moved."""
-    moved = False
+def shuttle(a: SSL.Connection, b: SSL.Connection) -> int:
+    """Move pending bytes from a to b; how many moved."""
+    moved = 0
     while True:
         try:
             data = a.bio_read(65536)
         except SSL.WantReadError:
             return moved
         b.bio_write(data)
-        moved = True
+        moved += len(data)
 
 
 def handshake(
@@ -113,7 +113,7 @@ def handshake(
                     done[key] = True
                 except SSL.WantReadError:
                     pass
-        moved = shuttle(client, server) | shuttle(server, client)
+        moved = shuttle(client, server) + shuttle(server, client)
         if all(done.values()) and not moved:
             break
     assert all(done.values()), "handshake did not finish"
@@ -353,46 +353,30 @@ def test_a_system_policy_on_tls13_suites_is_kept(tmp_path: Path) -> None:
     assert out == "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
-#: Run in a fresh interpreter: one full TLS 1.3 handshake in memory against a
-#: server context built by tlsgate with resumption off; prints how many bytes
-#: the server sent after the client's Finished (its session tickets).
-_AFTER_FINISHED = """
-import trustme
-from OpenSSL import SSL
-from tlsgate.certs import TLSPolicy, build_server_context, parse_certified_key
-leaf = trustme.CA().issue_cert("localhost")
-material = parse_certified_key(
-    b"".join(b.bytes() for b in leaf.cert_chain_pems), leaf.private_key_pem.bytes(),
-    cert_path="c", key_path="k")
-server = SSL.Connection(
-    build_server_context(material, TLSPolicy(session_resumption=False)), None)
-server.set_accept_state()
-client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-client.set_connect_state()
-def move(a, b):
-    moved = 0
-    while True:
+def tickets_after_finished() -> int:
+    """
+    One full TLS 1.3 handshake in memory against a server context built by
+    tlsgate with resumption off: the bytes the server sends after the
+    client's Finished (its session tickets). Run by the test below in a fresh
+    interpreter, since OpenSSL reads its configuration once per process.
+    """
+    server_ctx = server_context(trustme.CA(), session_resumption=False)
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(5):
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        shuttle(client, server)
         try:
-            data = a.bio_read(65536)
+            server.do_handshake()
         except SSL.WantReadError:
-            return moved
-        b.bio_write(data)
-        moved += len(data)
-for _ in range(5):
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    move(client, server)
-    try:
-        server.do_handshake()
-    except SSL.WantReadError:
-        move(server, client)
-        continue
-    assert server.get_protocol_version_name() == "TLSv1.3"
-    print(move(server, client))
-    break
-"""
+            shuttle(server, client)
+            continue
+        assert server.get_protocol_version_name() == "TLSv1.3"
+        return shuttle(server, client)
+    raise AssertionError("the handshake did not finish")
 
 
 @pytest.mark.parametrize("no_tickets_conf", [False, True])
@@ -406,7 +390,8 @@ def test_tls13_tickets_without_resumption_follow_openssl_conf(
     (The server side only: that the setting leaves clients alone is
     OpenSSL's, C{NumTickets} being a server-only command.)
     """
-    env = dict(os.environ, PYTHONPATH=str(Path(_policy.__file__).resolve().parents[2]))
+    src = Path(_policy.__file__).resolve().parents[2]  # this tree's tlsgate
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(src.parent)]))
     env.pop("OPENSSL_CONF", None)
     if no_tickets_conf:
         conf = tmp_path / "openssl.cnf"
@@ -415,9 +400,13 @@ def test_tls13_tickets_without_resumption_follow_openssl_conf(
             "system_default = sys\n[sys]\nNumTickets = 0\n"
         )
         env["OPENSSL_CONF"] = str(conf)
+    script = (
+        "from tests.unit.test_modern_tls import tickets_after_finished\n"
+        "print(tickets_after_finished())\n"
+    )
     run = subprocess.run(
-        [sys.executable, "-c", _AFTER_FINISHED], env=env, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=60, cwd=src.parent,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     out = run.stdout.strip()
