@@ -343,6 +343,8 @@ http {{
         # it too, and it is the only way to stop the two TLS 1.3 tickets that
         # OpenSSL sends even with session_resumption = off (no binding has
         # SSL_CTX_set_num_tickets); they cost about 1% of an RSA handshake.
+        # (Its config_diagnostics = 1 makes client contexts fail, NumTickets
+        # being server-only: fine here, where no server dials TLS backends.)
         py_env["OPENSSL_CONF"] = notickets
         if name == "tlsgate":
             ini = self.path(f"{tag}.ini")
