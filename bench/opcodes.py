@@ -1,0 +1,141 @@
+"""
+Python bytecodes per relayed connection, by module and by function: where
+the interpreter's share of a connection goes, layer by layer.
+
+    python bench/opcodes.py                          # 300 connections, 16 at a time
+    python bench/opcodes.py --connections 500 --concurrency 1 --top 60
+
+The gateway (this tree's C{src}, C{session_resumption = off}) runs in this
+process on Twisted's reactor; client threads open C{--connections} TLS 1.3
+connections (ECDSA P-256, a full handshake each, one C{GET} relayed to a
+loopback backend that answers and closes), C{--concurrency} at a time. After
+30 warm-up connections, C{sys.settrace} counts every bytecode the reactor's
+thread runs (C{f_trace_opcodes}) and every Python call, by code object; the
+client and backend threads are not traced. The figures are per connection.
+
+Counts, not times: they do not move with the machine's load, and they say
+which layer a rewrite could take work from. C code (OpenSSL, the kernel) is
+not in them: bench/instructions.py counts all of it. With one connection at
+a time the reactor's per-turn work (polling, timers) is paid by each
+connection; with several it is shared, as under load. Not a test and not
+run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import ssl
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+import instructions  # noqa: E402
+
+
+def short(filename: str) -> str:
+    """A code object's file, relative to site-packages or the repository."""
+    for marker in ("site-packages/", f"{REPO}/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--connections", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--top", type=int, default=30, help="functions to list")
+    a = p.parse_args()
+
+    from twisted.internet import reactor
+
+    from tlsgate.tap import makeService
+
+    work = Path(tempfile.mkdtemp(prefix="tlsgate-opcodes."))
+    cert, key = instructions.make_certificate(work)
+    backend = instructions.Server(("127.0.0.1", 0), instructions.Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = instructions.free_port()
+    ini = work / "gateway.ini"
+    ini.write_text(
+        "[listener:bench]\n"
+        f"listen = tcp:{port}:interface=127.0.0.1\n"
+        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
+        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
+    )
+    service = makeService({"config": str(ini)})
+    service.startService()
+
+    opcodes: collections.Counter[tuple[str, str]] = collections.Counter()
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        where = (code.co_filename, code.co_qualname)
+        if event == "call":
+            calls[where] += 1
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            opcodes[where] += 1
+        return trace
+
+    def in_reactor(call: Any) -> None:
+        done = threading.Event()
+        reactor.callFromThread(lambda: (call(), done.set()))  # type: ignore[attr-defined]
+        done.wait()
+
+    def clients() -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            for _ in range(30):
+                instructions.one_connection(port, ctx)
+            in_reactor(lambda: sys.settrace(trace))
+            with concurrent.futures.ThreadPoolExecutor(a.concurrency) as pool:
+                list(
+                    pool.map(
+                        lambda _: instructions.one_connection(port, ctx),
+                        range(a.connections),
+                    )
+                )
+            in_reactor(lambda: sys.settrace(None))
+        finally:
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(  # type: ignore[attr-defined]
+        threading.Thread(target=clients, daemon=True).start
+    )
+    reactor.run()  # type: ignore[attr-defined]
+    backend.shutdown()
+
+    n = a.connections
+    print(
+        f"{sum(opcodes.values()) / n:,.0f} bytecodes and"
+        f" {sum(calls.values()) / n:,.0f} Python calls per connection"
+        f" ({n} connections, {a.concurrency} at a time)"
+    )
+    by_module: collections.Counter[str] = collections.Counter()
+    for (filename, _), count in opcodes.items():
+        by_module[short(filename)] += count
+    print("\nbytecodes per connection, by module:")
+    for module, count in by_module.most_common(25):
+        print(f"  {count / n:8.1f}  {module}")
+    print(f"\nthe {a.top} functions with the most (bytecodes, calls per connection):")
+    for (filename, name), count in opcodes.most_common(a.top):
+        per_call = calls[(filename, name)] / n
+        print(f"  {count / n:8.1f} {per_call:6.2f}  {short(filename)} {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
