@@ -43,6 +43,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from tlsgate import _membio
 from tlsgate._declarations import once_per_kind
+from tlsgate._membio import NULL, mem_data
 
 #: One C{recv} takes up to this many decrypted bytes: several full records.
 READ_SIZE = 2**16
@@ -198,7 +199,8 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         tls, transport = self._tlsConnection, self.transport
-        pending = _membio.pending(tls, _membio.FROM)
+        # The BIO pyOpenSSL's own bio_read reads (see _membio.mem_data).
+        pending = mem_data(tls._from_ssl, NULL)
         if self._held:
             if pending <= self._held:
                 return  # only the tickets: they wait for the next write
@@ -213,7 +215,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             transport.write(data)  # type: ignore[union-attr]
             pending -= len(data)
             if pending <= 0:
-                pending = _membio.pending(tls, _membio.FROM)
+                pending = mem_data(tls._from_ssl, NULL)
 
     def _write(self, data: bytes) -> None:
         # The stock loop flushes the BIO after each 16 KiB record (a socket
