@@ -6,10 +6,18 @@ twistd's own handlers re-raise the stopping signal at exit (status 143 or
 130), which supervisors read as a crash; the interface promises exit 0. The
 handlers are installed once the reactor runs (after twistd installed its
 own), and only for the plugin: embedders keep their own signal handling.
+
+SIGHUP is caught from the start as well. The listeners bind before the
+reactor runs (in C{privilegedStartService}, before twistd drops
+privileges), and SIGHUP's default action would end the process with
+connections already in its accept queue: a C{systemctl reload} or a
+logrotate in that moment must not take the gateway down. A SIGHUP then is
+kept, and the config is re-read once the reactor runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -57,9 +65,25 @@ def install_stop_handlers(
         if hangup is not None:
             threads.callFromThread(hangup)
 
+    early: list[int] = []
+
+    def on_early_hangup(number: int, frame: FrameType | None) -> None:
+        # Before the reactor runs (the ports may listen already): kept, so
+        # that a config changed meanwhile is still read.
+        if not early:
+            _log.info(
+                "Received SIGHUP while starting; the config is re-read once running."
+            )
+        early.append(number)
+
     def install() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
         signal.signal(signal.SIGHUP, on_hangup)
+        if early and hangup is not None:
+            threads.callFromThread(hangup)
 
+    # (Outside the main thread signal.signal raises: handlers once running only.)
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGHUP, on_early_hangup)
     reactor.callWhenRunning(install)
