@@ -591,3 +591,38 @@ def test_resumption_is_bound_to_the_certificate_and_ca_generation(
     write_atomically(tmp_path / "c.pem", new.chain)
     reused, _ = resumed_after(factory.getContext(), session)
     assert factory.generation == 3 and not reused
+
+
+def test_garbage_read_between_a_stat_and_a_rename_is_logged_once(
+    files: Any, clock: Clock
+) -> None:
+    """
+    A look at the files stats them, then reads them. When a rename lands in
+    between (an atomic replacement, while the files are recent enough to be
+    read on every look), the refused content is first seen under the old
+    stamps, and again under its own on the next look: the same refusal is
+    still logged and counted once. (A CI run logged it twice.)
+    """
+    cert, key, old = files
+    clock.now = os.stat(cert).st_mtime_ns + 1  # recent files: every look reads
+    stale: dict[str, os.stat_result] = {}
+
+    def stat(path: str) -> os.stat_result:
+        return stale.pop(path, None) or os.stat(path)
+
+    factory = make_factory(cert, key, clock, stat=stat)
+    stale[str(cert)] = os.stat(cert)  # the next look's stat, taken before...
+    write_atomically(cert, b"this is not a certificate\n")  # ...this rename
+    with capturedLogs() as events:
+        for _ in range(5):
+            assert served(factory) == old.fingerprint
+    errors = [e for e in events if e["log_level"] == LogLevel.error]
+    assert len(errors) == 1, errors
+    assert factory.reloads_failed == 1
+    assert factory.state.last_error is not None
+    # Other garbage is another refusal, logged and counted again.
+    write_atomically(cert, b"different garbage\n")
+    with capturedLogs() as events:
+        assert served(factory) == old.fingerprint
+    assert len([e for e in events if e["log_level"] == LogLevel.error]) == 1
+    assert factory.reloads_failed == 2

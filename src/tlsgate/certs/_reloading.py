@@ -138,6 +138,8 @@ class ReloadingContextFactory:
         self.reloads_failed = 0
         self._last_error: str | None = None
         self._good_digests: tuple[bytes | None, ...] = ()
+        #: The content of the files last refused (with C{_last_error}).
+        self._failed_digests: tuple[bytes | None, ...] | None = None
         self._first_generation = first_generation
         self._generation = first_generation - 1
 
@@ -240,6 +242,7 @@ class ReloadingContextFactory:
                     event="certificate_files_restored",
                 )
             self._last_error = None
+            self._failed_digests = None
             return self._context
         try:
             material, cas = self._parse(reads)
@@ -252,6 +255,13 @@ class ReloadingContextFactory:
                 )
             self._install(material, cas, now)
         except CertificateError as e:
+            if snapshot.digests == self._failed_digests and str(e) == self._last_error:
+                # The same content refused the same way, seen under new stamps:
+                # a look whose stat came before a rename and whose read after
+                # it kept the old stamps with the new content. Logged and
+                # counted already.
+                return self._context
+            self._failed_digests = snapshot.digests
             self._fail(e)
         return self._context
 
@@ -310,6 +320,7 @@ class ReloadingContextFactory:
         self._loaded_at = _utc(now_ns)
         self._good_digests = self._seen.digests
         self._last_error = None
+        self._failed_digests = None
         if self._generation > self._first_generation:
             self.reloads_ok += 1
             self._log.info(
