@@ -49,7 +49,6 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -100,24 +99,16 @@ class _Closer:
                 self._log.failure("closing {transport!r}", transport=transport)
 
 
-#: reactor -> its closer (one or two reactors per process; tests make more,
-#: which go with their closers).
-_CLOSERS: WeakKeyDictionary[Any, _Closer] = WeakKeyDictionary()
-
-
-#: The closer asked for last: a process has one reactor, so this spares
-#: each close the weak dictionary's two Python calls.
-_last: _Closer | None = None
+#: reactor -> its closer. A plain dictionary: a weak one cost each close two
+#: Python calls and kept its keys alive all the same (each closer holds its
+#: reactor). A gateway has one entry; a test run, one per reactor it made.
+_CLOSERS: dict[Any, _Closer] = {}
 
 
 def _closer(reactor: Any) -> _Closer:
-    global _last
-    if _last is not None and _last.reactor is reactor:
-        return _last
     closer = _CLOSERS.get(reactor)
     if closer is None:
         closer = _CLOSERS[reactor] = _Closer(reactor)
-    _last = closer
     return closer
 
 
