@@ -11,7 +11,7 @@ from tlsgate._reconfigure import reconfigure
 from tlsgate.config import parse_config
 from tlsgate.errors import CertificateError
 from tlsgate.service import GatewayService, build_service
-from tlsgate.workers._build import listener_changes
+from tlsgate.workers._build import config_changes
 
 
 def ini(tmp: Path, *listeners: tuple[str, int, str], idle: str = "5m") -> str:
@@ -118,7 +118,7 @@ def test_one_process_and_workers_word_the_same_changes_alike(tmp: Path) -> None:
     )
     gateway, reactor = start(tmp, before)
     one_process = apply(gateway, tmp, after, reactor)
-    supervised = listener_changes(
+    supervised = config_changes(
         parse_config(before, file=str(tmp / "g.ini")),
         parse_config(after, file=str(tmp / "g.ini")),
     )
@@ -136,7 +136,7 @@ def test_one_process_and_workers_word_the_same_changes_alike(tmp: Path) -> None:
     # table (it was re-added), and the order of the lines must not follow it.
     again = after.replace("idle_timeout = 1m", "idle_timeout = 2m")
     one_process = apply(gateway, tmp, again, reactor)
-    assert one_process == listener_changes(
+    assert one_process == config_changes(
         parse_config(after, file=str(tmp / "g.ini")),
         parse_config(again, file=str(tmp / "g.ini")),
     )

@@ -99,11 +99,11 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
 
         use_token_file(supervisor.admin, new.admin_token_file)
         kept.append(_changes.token_file_changed())
-    listeners = listener_changes(supervisor.config, new)
+    applied = config_changes(supervisor.config, new)
     done: Deferred[None] = Deferred()
 
     def serving() -> None:
-        for change in listeners:
+        for change in applied:
             _log.info("SIGHUP: {path}: {change}", path=path, change=change,
                       event="config_reloaded")  # fmt: skip
         done.callback(None)
@@ -120,12 +120,14 @@ def reload_supervisor(supervisor: SupervisorService, path: str) -> Deferred[None
     return done
 
 
-def listener_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+def config_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """
-    What a new config changes to the listeners, in the words
+    What a new config changes, applied by new workers, in the words
     (L{tlsgate._changes}) and order of a one-process reload: first, by name,
     each listener of the old config removed, moved away or updated in place;
-    then, by name, each listening anew.
+    then, by name, each listening anew; then the number of workers and the
+    drain settings. (C{admin}, C{log_format} and the token file are the
+    supervisor's own, logged by L{reload_supervisor}.)
     """
     before = {lc.name: lc for lc in old.listeners}
     after = {lc.name: lc for lc in new.listeners}
