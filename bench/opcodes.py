@@ -4,6 +4,7 @@ the interpreter's share of a connection goes, layer by layer.
 
     python bench/opcodes.py                          # 300 connections, 16 at a time
     python bench/opcodes.py --connections 500 --concurrency 1 --top 60
+    python bench/opcodes.py --callers Connection._raise_ssl_error
 
 The gateway (this tree's C{src}, C{session_resumption = off}) runs in this
 process on Twisted's reactor; client threads open C{--connections} TLS 1.3
@@ -54,6 +55,9 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--top", type=int, default=30, help="functions to list")
+    p.add_argument("--callers", metavar="QUALNAME", default=None,
+                   help="also count who calls the function of this qualified"
+                   " name (its caller and the caller's caller)")  # fmt: skip
     a = p.parse_args()
 
     from twisted.internet import reactor
@@ -77,12 +81,17 @@ def main() -> int:
 
     opcodes: collections.Counter[tuple[str, str]] = collections.Counter()
     calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    callers: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
         code = frame.f_code
         where = (code.co_filename, code.co_qualname)
         if event == "call":
             calls[where] += 1
+            if code.co_qualname == a.callers and frame.f_back is not None:
+                back = frame.f_back
+                above = back.f_back.f_code.co_qualname if back.f_back else "-"
+                callers[(back.f_code.co_qualname, above)] += 1
             frame.f_trace_opcodes = True
         elif event == "opcode":
             opcodes[where] += 1
@@ -134,6 +143,10 @@ def main() -> int:
     for (filename, name), count in opcodes.most_common(a.top):
         per_call = calls[(filename, name)] / n
         print(f"  {count / n:8.1f} {per_call:6.2f}  {short(filename)} {name}")
+    if a.callers:
+        print(f"\ncalls of {a.callers} per connection, by caller (and its caller):")
+        for (caller, above), count in callers.most_common():
+            print(f"  {count / n:6.2f}  {caller}  <-  {above}")
     return 0
 
 
