@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
+from typing import Any
 
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet.task import Clock
 
 from tlsgate.testing import CertificatePair as Pair
 
@@ -88,3 +90,29 @@ def make_client_pair(
             serialization.NoEncryption(),
         ),
     )
+
+
+class Reactor(Clock):
+    """The part of a reactor a TCP transport touches, counting registrations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[Any] = set()
+        self.writers: set[Any] = set()
+        self.changes = 0
+
+    def addWriter(self, w: Any) -> None:
+        self.changes += w not in self.writers
+        self.writers.add(w)
+
+    def removeWriter(self, w: Any) -> None:
+        self.changes += w in self.writers
+        self.writers.discard(w)
+
+    def addReader(self, r: Any) -> None:
+        self.changes += r not in self.readers
+        self.readers.add(r)
+
+    def removeReader(self, r: Any) -> None:
+        self.changes += r in self.readers
+        self.readers.discard(r)

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsgate._halfclose import HalfCloseTLSFactory
+from tlsgate._leantls import LeanTLS, LeanTLSServer
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.config import ListenerConfig
 from tlsgate.sni import SniDirectory, install_servername_callback
@@ -110,8 +111,13 @@ def tls_over(
     """
     tracker.generation = lambda: contexts.generation
     contexts.listeners.append(tracker.certificate_changed)
-    factory = HalfCloseTLSFactory if half_close else TLSMemoryBIOFactory
-    return factory(contexts, False, tracker, clock=clock)
+    if not half_close:
+        return TLSMemoryBIOFactory(contexts, False, tracker, clock=clock)
+    factory = HalfCloseTLSFactory(contexts, False, tracker, clock=clock)
+    # The gateway's own ports (tlsgate._tcp.LeanPort) accept each connection
+    # as one object doing TCP and TLS; any other port uses the factory.
+    factory.lean_tls = LeanTLS(factory._creatorCallable, tracker, clock, LeanTLSServer)
+    return factory
 
 
 @dataclass(frozen=True)

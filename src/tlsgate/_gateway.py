@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from tlsgate._dispatch import lean_dispatch
 from tlsgate._drain import StagedDrain
+from tlsgate._leantls import LeanTLS
 from tlsgate._sdnotify import INotifier, NoNotifier
 from tlsgate._tcp import use_lean_transports
 from tlsgate.certs import ReloadingContextFactory
@@ -52,6 +53,11 @@ class _SwitchFactory:
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         return self.target.buildProtocol(addr)
+
+    @property
+    def lean_tls(self) -> LeanTLS | None:
+        """How the port makes one-object TLS connections for the target, if it may."""
+        return getattr(self.target, "lean_tls", None)
 
     def doStart(self) -> None:
         self.target.doStart()

@@ -30,7 +30,7 @@ else (handshake, producers, aborts, reasons) is the stock layer's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.error import ConnectionDone
@@ -44,6 +44,9 @@ from zope.interface import directlyProvides, implementer, providedBy
 from tlsgate import _membio
 from tlsgate._declarations import once_per_kind
 from tlsgate._membio import NULL, mem_data
+
+if TYPE_CHECKING:
+    from tlsgate._leantls import LeanTLS
 
 #: One C{recv} takes up to this many decrypted bytes: several full records.
 READ_SIZE = 2**16
@@ -353,6 +356,10 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         #: Whether this side speaks first (a client sends its hello at once).
         self.is_client = isClient
+        #: Set for the gateway's own listeners (L{tlsgate._assembly.tls_over}):
+        #: their ports then accept each connection as one object doing TCP
+        #: and TLS (L{tlsgate._leantls}) instead of building this layer.
+        self.lean_tls: LeanTLS | None = None
 
     def unregisterProtocol(self, p: Any) -> None:
         # Protocols are not registered (see HalfCloseTLSProtocol.makeConnection).

@@ -275,6 +275,10 @@ class LeanPort(tcp.Port):
     def doRead(self) -> None:
         accept = self._accept
         factory: Any = self.factory
+        # A factory of TLS over the tracker that allows it (the gateway's own
+        # listeners, tlsgate._leantls): each connection is one transport
+        # doing TCP and TLS, around the tracker's protocol.
+        tls: Any = getattr(factory, "lean_tls", None)
         limit = self.numberAccepts
         accepted = 0
         try:
@@ -296,15 +300,31 @@ class LeanPort(tcp.Port):
                         addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
                     )
                     addr = (host[0], *addr[1:])
-                protocol = factory.buildProtocol(self._buildAddr(addr))
+                address = self._buildAddr(addr)
+                protocol = (factory if tls is None else tls.factory).buildProtocol(
+                    address
+                )
                 if protocol is None:
                     skt.close()
                     continue
                 s = self.sessionno
                 self.sessionno = s + 1
-                protocol.makeConnection(
-                    self.transport(skt, protocol, addr, self, s, self.reactor)
-                )
+                if tls is None:
+                    transport = self.transport(
+                        skt, protocol, addr, self, s, self.reactor
+                    )
+                else:
+                    transport = tls.transport(
+                        skt,
+                        protocol,
+                        addr,
+                        self,
+                        s,
+                        self.reactor,
+                        tls.creator,
+                        tls.clock,
+                    )
+                protocol.makeConnection(transport)
             # The stock loop's scaling: more next time after a full batch,
             # else no more than were there.
             if accepted == limit:

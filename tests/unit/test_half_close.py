@@ -11,7 +11,10 @@ the TCP transport would call; time is a C{task.Clock}.
 from __future__ import annotations
 
 import contextlib
+import select
+import socket
 import ssl
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +27,12 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
 )
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
+from tests.helpers import Reactor
 from tlsgate._assembly import TLSStack
 from tlsgate._halfclose import SEND_SIZE
 from tlsgate.certs import ReloadingContextFactory
@@ -108,7 +111,13 @@ class BackendEndpoint:
 
 
 class Connection:
-    """One client connection through a gateway stack, driven by hand."""
+    """
+    One client connection through the gateway's stack as an embedder builds
+    it: L{HalfCloseTLSProtocol} over a TCP transport (a L{Wire}), driven by
+    hand. L{FusedConnection} is the same through the gateway's own
+    one-object transport. The application is the relay to a L{BackendEndpoint}
+    unless C{app} (a protocol factory) says otherwise.
+    """
 
     def __init__(
         self,
@@ -119,17 +128,16 @@ class Connection:
         limits: Limits | None = None,
         handshake: bool = True,
         backend_at_once: bool = True,
+        app: Any = None,
     ) -> None:
-        self.clock = Clock()
+        self.clock = Reactor()
         self.backend = BackendEndpoint(at_once=backend_at_once)
         pool = BackendPool([Backend("b", self.backend)], clock=self.clock)
         self.stack = TLSStack.around(
-            RelayFactory(pool), contexts, limits or Limits(), self.clock,
+            app or RelayFactory(pool), contexts, limits or Limits(), self.clock,
             name="web", half_close=True,
         )  # fmt: skip
-        self.server: Any = self.stack.factory.buildProtocol(CLIENT)
-        self.wire = Wire()
-        self.server.makeConnection(self.wire)
+        self.accept()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ca.configure_trust(ctx)
         ctx.minimum_version = ctx.maximum_version = version
@@ -138,13 +146,80 @@ class Connection:
         if handshake:
             self.handshake()
 
-    def handshake(self) -> None:
+    # -- the server side: what differs between the two stacks -------------
+
+    def accept(self) -> None:
+        self.server: Any = self.stack.factory.buildProtocol(CLIENT)
+        self.wire = Wire()
+        self.server.makeConnection(self.wire)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client reach the gateway."""
+        self.server.dataReceived(data)
+
+    def fin_arrives(self) -> None:
+        """The client's FIN reaches the gateway."""
+        self.server.readConnectionLost()
+
+    def take(self) -> bytes:
+        """What the gateway sent the client since the last take."""
+        return self.wire.take()
+
+    def unsent(self) -> bytes:
+        """What the gateway sent the client that it has not read yet (not taken)."""
+        return self.wire.value()
+
+    @property
+    def closing(self) -> bool:
+        """The gateway closes (or closed) the TCP connection."""
+        return bool(self.wire.disconnecting)
+
+    @property
+    def aborted(self) -> bool:
+        return self.wire.aborted
+
+    @property
+    def writes(self) -> int:
+        """Socket writes so far."""
+        return self.wire.writes
+
+    def lost(self) -> None:
+        """The TCP connection's end reaches the gateway."""
+        self.server.connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def handle(self) -> Any:
+        """The server's C{SSL.Connection}."""
+        return self.server._tlsConnection
+
+    @property
+    def held(self) -> int:
+        return int(self.server._held)
+
+    def close(self) -> None:
+        """Nothing to give back: no sockets."""
+
+    # -- the client --------------------------------------------------------
+
+    def handshake(
+        self, then_send: bytes = b"", *, then_close_notify: bool = False
+    ) -> None:
+        """
+        Complete the client's handshake; C{then_send} and close_notify leave
+        with its last flight (one read for the gateway), as a client that has
+        its request ready sends them.
+        """
         while True:
             try:
                 self.tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 assert self.move(), "the handshake stalled"
+        if then_send:
+            self.tls.write(then_send)
+        if then_close_notify:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                self.tls.unwrap()
         self.move()
 
     def move(self) -> bool:
@@ -153,8 +228,8 @@ class Connection:
         while True:
             out = self._out.read()
             if out:
-                self.server.dataReceived(out)
-            back = self.wire.take()
+                self.feed(out)
+            back = self.take()
             if back:
                 self._in.write(back)
             if not out and not back:
@@ -172,7 +247,7 @@ class Connection:
 
     def fin(self) -> None:
         """The client's FIN reaches the gateway."""
-        self.server.readConnectionLost()
+        self.fin_arrives()
         self.move()
 
     def read(self) -> tuple[bytes, str | None]:
@@ -191,8 +266,8 @@ class Connection:
 
     def tcp_closed(self) -> None:
         """The gateway's TCP close (after loseConnection) completes."""
-        assert self.wire.disconnecting
-        self.server.connectionLost(Failure(ConnectionDone()))
+        assert self.closing
+        self.lost()
 
     @property
     def reason(self) -> CloseReason | None:
@@ -202,18 +277,186 @@ class Connection:
         return reasons[0] if reasons else None
 
 
+class CountingSocket:
+    """A socket whose sends are counted (the L{LeanTLSServer}'s socket writes)."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.sends = 0
+
+    def send(self, data: Any, *flags: int) -> int:
+        self.sends += 1
+        return self.real.send(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class FusedConnection(Connection):
+    """
+    The same connection through the gateway's own transport
+    (L{LeanTLSServer}: TCP and TLS in one object) over a socket pair. The
+    reactor is a recorder of registrations: the harness calls C{doRead} and
+    C{doWrite} as the epoll reactor would when the socket is ready.
+    """
+
+    def accept(self) -> None:
+        lean = self.stack.factory.lean_tls
+        assert lean is not None
+        # A socket pair: what one end sends, the other can read at once.
+        ours, self.theirs = socket.socketpair()
+        self.theirs.setblocking(False)
+        self.socket = CountingSocket(ours)
+        self._to_server = b""
+        self._peeked = b""
+        self.eof = False
+        self.tracked: Any = lean.factory.buildProtocol(CLIENT)
+        self.server = lean.transport(
+            self.socket, self.tracked, (CLIENT.host, CLIENT.port), None, 0,
+            self.clock, lean.creator, lean.clock,
+        )  # fmt: skip
+        self.server._no_delay = True  # as if inherited from a TCP listener
+        self.tracked.makeConnection(self.server)
+
+    def _ready(self, writing: bool) -> bool:
+        if self.server.disconnected:
+            return False
+        r, w, _ = select.select([] if writing else [self.socket.real],
+                                [self.socket.real] if writing else [], [], 0)  # fmt: skip
+        return bool(w if writing else r)
+
+    def turn(self) -> bool:
+        """The reactor's turns while the transport has events; whether any had."""
+        t, reactor, any_event = self.server, self.clock, False
+        for _ in range(10_000):
+            reactor.advance(0)  # each turn starts with the calls now due
+            event = False
+            if t in reactor.writers and self._ready(writing=True):
+                event = True
+                why = t.doWrite()
+                if why is not None:
+                    self._disconnect(why, is_read=False)
+            if t in reactor.readers and self._ready(writing=False):
+                event = True
+                why = t.doRead()
+                if why is not None:
+                    self._disconnect(why, is_read=True)
+            if not event:
+                return any_event
+            any_event = True
+        raise AssertionError("the transport never settles")
+
+    def _disconnect(self, why: Any, is_read: bool) -> None:
+        """What the reactor's _disconnectSelectable does."""
+        t = self.server
+        self.clock.removeReader(t)
+        if is_read and isinstance(why, ConnectionDone):
+            t.readConnectionLost(Failure(why))
+        else:
+            self.clock.removeWriter(t)
+            t.connectionLost(Failure(why))
+
+    def feed(self, data: bytes) -> None:
+        self._to_server += data
+        while True:
+            sent = 0
+            if self._to_server:
+                with contextlib.suppress(BlockingIOError):
+                    sent = self.theirs.send(self._to_server)
+                self._to_server = self._to_server[sent:]
+            served = self.turn()
+            if not self._to_server or not (sent or served):
+                return  # all sent, or the gateway reads no more for now
+
+    def fin_arrives(self) -> None:
+        self.feed(b"")
+        assert not self._to_server, "a FIN would overtake bytes not yet sent"
+        self.theirs.shutdown(socket.SHUT_WR)
+        self.turn()
+
+    def take(self) -> bytes:
+        self.turn()
+        data, self._peeked = self._peeked, b""
+        while True:
+            try:
+                chunk = self.theirs.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            data += chunk
+            self.turn()  # room in the socket: the transport may write more
+        return data
+
+    def unsent(self) -> bytes:
+        self._peeked = self.take()
+        return self._peeked
+
+    @property
+    def closing(self) -> bool:
+        return bool(self.server.disconnecting or self.server.disconnected)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.server._aborting)
+
+    @property
+    def writes(self) -> int:
+        return self.socket.sends
+
+    def lost(self) -> None:
+        self.clock.advance(0)  # the close (or abort) due at the next turn
+        self.turn()
+        assert self.server.disconnected
+
+    @property
+    def handle(self) -> Any:
+        return self.server._tls
+
+    @property
+    def held(self) -> int:
+        return int(self.server._held)
+
+    def close(self) -> None:
+        self.theirs.close()
+        self.socket.real.close()
+
+
+Connect = Callable[..., Connection]
+
+
+@pytest.fixture(params=["layered", "fused"])
+def connect(
+    request: pytest.FixtureRequest, contexts: ReloadingContextFactory, ca: trustme.CA
+) -> Iterator[Connect]:
+    """
+    Makes connections through both TLS server sides: Twisted's TLS layer as
+    tlsgate's embeddable stack uses it, and the gateway's own transport.
+    """
+    kind = Connection if request.param == "layered" else FusedConnection
+    made: list[Connection] = []
+
+    def make(**options: Any) -> Connection:
+        made.append(kind(contexts, ca, **options))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
 VERSIONS = [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("notify", [True, False])
 def test_client_finishing_first_still_gets_the_answer(
-    contexts: ReloadingContextFactory,
-    ca: trustme.CA,
+    connect: Connect,
     version: ssl.TLSVersion,
     notify: bool,
 ) -> None:
-    c = Connection(contexts, ca, version=version)
+    c = connect(version=version)
     request = b"q" * 100_000
     c.send(request)
     if notify:
@@ -235,38 +478,36 @@ def test_client_finishing_first_still_gets_the_answer(
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_backend_finishing_first_still_gets_what_the_client_sends(
-    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+    connect: Connect, version: ssl.TLSVersion
 ) -> None:
     """On TLS 1.2 too: OpenSSL reads application data after our close_notify."""
-    c = Connection(contexts, ca, version=version)
+    c = connect(version=version)
     c.send(b"request")
     c.backend.protocol.dataReceived(b"first part")
     c.backend.fin()
     c.move()
     assert c.read() == (b"first part", "close_notify")
-    assert not c.wire.disconnecting  # the client may go on sending
+    assert not c.closing  # the client may go on sending
     more = b"m" * 200_000
     c.send(more)
     assert c.backend.wire.value() == b"request" + more
     assert not c.backend.wire.disconnecting
     c.close_notify()
-    assert c.wire.disconnecting  # both close_notify alerts exchanged
+    assert c.closing  # both close_notify alerts exchanged
     c.tcp_closed()
     assert c.backend.wire.disconnecting  # after the bytes it was given
     assert c.backend.wire.value() == b"request" + more
     assert c.reason == CloseReason.BACKEND
 
 
-def test_backend_finishing_first_then_the_client_fin_ends_it(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
-    c = Connection(contexts, ca)
+def test_backend_finishing_first_then_the_client_fin_ends_it(connect: Connect) -> None:
+    c = connect()
     c.backend.fin()
     c.move()
     assert c.read() == (b"", "close_notify")
     c.send(b"late")
     c.fin()
-    assert c.wire.disconnecting
+    assert c.closing
     c.tcp_closed()
     assert c.backend.wire.value() == b"late"
     assert c.reason == CloseReason.BACKEND
@@ -274,12 +515,12 @@ def test_backend_finishing_first_then_the_client_fin_ends_it(
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_bytes_after_the_clients_close_notify_are_dropped(
-    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+    connect: Connect, version: ssl.TLSVersion
 ) -> None:
-    c = Connection(contexts, ca, version=version)
+    c = connect(version=version)
     c.send(b"asked")
     c.close_notify()
-    c.server.dataReceived(b"\x17\x03\x03\x00\x05hello" * 10_000)  # not read, not kept
+    c.feed(b"\x17\x03\x03\x00\x05hello" * 10_000)  # not read, not kept
     assert c.backend.wire.value() == b"asked"
     c.backend.protocol.dataReceived(b"answer")
     c.move()
@@ -293,36 +534,36 @@ def test_bytes_after_the_clients_close_notify_are_dropped(
 
 
 def test_a_client_that_half_closes_and_waits_forever_is_ended_when_idle(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
     limits = Limits(idle_timeout=30, close_grace=5)
-    c = Connection(contexts, ca, limits=limits)
+    c = connect(limits=limits)
     c.send(b"asked")
     c.close_notify()
     assert c.backend.wire.write_closed
     c.clock.advance(29)
-    assert not c.wire.disconnecting
+    assert not c.closing
     c.clock.advance(2)  # idle: the gateway closes, the client's notify is in
     c.move()
-    assert c.wire.disconnecting
+    assert c.closing
     c.tcp_closed()
     assert c.backend.wire.disconnecting
     assert c.reason == CloseReason.IDLE_TIMEOUT
 
 
 def test_a_client_that_never_answers_the_backends_finish_is_ended(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
     limits = Limits(idle_timeout=30, close_grace=5)
-    c = Connection(contexts, ca, limits=limits)
+    c = connect(limits=limits)
     c.backend.fin()
     c.move()
     assert c.read() == (b"", "close_notify")
     c.clock.advance(31)  # idle: a graceful close, and close_grace to answer it
-    assert not c.wire.aborted
+    assert not c.aborted
     c.clock.advance(5)
-    assert c.wire.aborted
-    c.server.connectionLost(Failure(ConnectionDone()))
+    assert c.aborted
+    c.lost()
     assert c.reason == CloseReason.IDLE_TIMEOUT
 
 
@@ -330,7 +571,7 @@ def test_a_stock_tls_layer_is_not_half_closed_with_a_bare_fin(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
     """Embedders' stacks without half_close keep Twisted's behaviour."""
-    clock = Clock()
+    clock = Reactor()
     backend = BackendEndpoint()
     pool = BackendPool([Backend("b", backend)], clock=clock)
     stack = TLSStack.around(RelayFactory(pool), contexts, Limits(), clock, name="x")
@@ -342,8 +583,8 @@ def test_a_stock_tls_layer_is_not_half_closed_with_a_bare_fin(
 
 
 def ended_before_the_handshake(c: Connection, reason: CloseReason) -> None:
-    assert c.wire.disconnecting or c.wire.aborted
-    c.server.connectionLost(Failure(ConnectionDone()))
+    assert c.closing or c.aborted
+    c.lost()
     assert c.reason == reason
     assert c.stack.tracker.handshakes_failed == 1
     assert c.backend.protocol is None  # no backend was dialled
@@ -359,23 +600,23 @@ def ended_before_the_handshake(c: Connection, reason: CloseReason) -> None:
     ],
 )
 def test_garbage_records_end_the_connection_as_a_tls_error(
-    contexts: ReloadingContextFactory, ca: trustme.CA, garbage: bytes
+    connect: Connect, garbage: bytes
 ) -> None:
-    c = Connection(contexts, ca, handshake=False)
-    c.server.dataReceived(garbage)
+    c = connect(handshake=False)
+    c.feed(garbage)
     ended_before_the_handshake(c, CloseReason.TLS_ERROR)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_client_hello_written_a_byte_at_a_time_completes(
-    contexts: ReloadingContextFactory, ca: trustme.CA, version: ssl.TLSVersion
+    connect: Connect, version: ssl.TLSVersion
 ) -> None:
-    c = Connection(contexts, ca, version=version, handshake=False)
+    c = connect(version=version, handshake=False)
     with pytest.raises(ssl.SSLWantReadError):
         c.tls.do_handshake()
     hello = c._out.read()
     for i in range(len(hello)):
-        c.server.dataReceived(hello[i : i + 1])
+        c.feed(hello[i : i + 1])
     c.handshake()
     c.send(b"ping")
     assert c.backend.wire.value() == b"ping"
@@ -385,8 +626,7 @@ def test_a_client_hello_written_a_byte_at_a_time_completes(
 @pytest.mark.parametrize("flights", [0, 1, 2])
 @pytest.mark.parametrize("how", ["fin", "close_notify"])
 def test_a_handshake_abandoned_at_any_step_ends_without_a_backend(
-    contexts: ReloadingContextFactory,
-    ca: trustme.CA,
+    connect: Connect,
     version: ssl.TLSVersion,
     flights: int,
     how: str,
@@ -395,21 +635,21 @@ def test_a_handshake_abandoned_at_any_step_ends_without_a_backend(
     The client leaves before its first flight, after it (the server has
     answered), or with its last flight half sent.
     """
-    c = Connection(contexts, ca, version=version, handshake=False)
+    c = connect(version=version, handshake=False)
     for step in range(flights):
         with contextlib.suppress(ssl.SSLWantReadError):
             c.tls.do_handshake()  # TLS 1.3's client is done after its 2nd flight
         flight = c._out.read()
         if step == 1:
             flight = flight[: len(flight) // 2]
-        c.server.dataReceived(flight)
-        c._in.write(c.wire.take())
+        c.feed(flight)
+        c._in.write(c.take())
     if how == "fin":
-        c.server.readConnectionLost()
+        c.fin_arrives()
     else:
-        c.server.dataReceived(b"\x15\x03\x03\x00\x02\x01\x00")  # a plain alert
-    if not (c.wire.disconnecting or c.wire.aborted):
-        c.server.readConnectionLost()  # the alert was read; its FIN follows
+        c.feed(b"\x15\x03\x03\x00\x02\x01\x00")  # a plain alert
+    if not (c.closing or c.aborted):
+        c.fin_arrives()  # the alert was read; its FIN follows
     # close_notify before any hello is no TLS at all; after one, the client
     # leaves, as with a FIN.
     reason = (
@@ -418,17 +658,15 @@ def test_a_handshake_abandoned_at_any_step_ends_without_a_backend(
     ended_before_the_handshake(c, reason)
 
 
-def test_a_write_leaves_as_one_socket_write_per_128_kib(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
+def test_a_write_leaves_as_one_socket_write_per_128_kib(connect: Connect) -> None:
     """Not one socket write per 16 KiB record, as Twisted's stock loop does."""
-    c = Connection(contexts, ca)
+    c = connect()
     answer = bytes(range(256)) * 4096  # 1 MiB
-    before = c.wire.writes
+    before = c.writes
     c.backend.protocol.dataReceived(answer[:65536])
-    assert c.wire.writes == before + 1
+    assert c.writes == before + 1
     c.backend.protocol.dataReceived(answer[65536:])
-    assert c.wire.writes <= before + 1 + (len(answer) // SEND_SIZE + 1)
+    assert c.writes <= before + 1 + (len(answer) // SEND_SIZE + 1)
     c.move()
     assert c.read() == (answer, None)
 
@@ -439,7 +677,7 @@ def test_the_tls_layer_declares_what_the_stock_layer_would(
     """Its declaration is computed once per kind of transport, with the same result."""
     first = Connection(contexts, ca)
     second = Connection(contexts, ca)
-    clock = Clock()
+    clock = Reactor()
     pool = BackendPool([Backend("b", BackendEndpoint())], clock=clock)
     stock: Any = TLSMemoryBIOFactory(
         contexts, False, RelayFactory(pool), clock=clock
@@ -456,12 +694,15 @@ def test_the_tls_layer_declares_what_the_stock_layer_would(
 
 
 def test_a_client_leaving_silently_before_the_backend_answers_costs_no_backend(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
-    """A TLS health check: handshake, close_notify, FIN; the dial is cancelled."""
-    c = Connection(contexts, ca, backend_at_once=False)
-    c.close_notify()
-    assert c.wire.disconnecting
+    """
+    A TLS health check: its Finished, close_notify and FIN together; the dial
+    begun at the Finished is cancelled.
+    """
+    c = connect(backend_at_once=False, handshake=False)
+    c.handshake(then_close_notify=True)
+    assert c.closing
     assert c.read() == (b"", "close_notify")
     c.tcp_closed()
     assert c.backend.cancelled == 1
@@ -469,13 +710,14 @@ def test_a_client_leaving_silently_before_the_backend_answers_costs_no_backend(
 
 
 def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
-    c = Connection(contexts, ca, backend_at_once=False)
-    c.send(b"early request")
-    c.close_notify()
-    assert not c.wire.disconnecting
+    """They come with the Finished: in the same read as the dial begins."""
+    c = connect(backend_at_once=False, handshake=False)
+    c.handshake(then_send=b"early request", then_close_notify=True)
+    assert not c.closing
     c.backend.complete()
+    c.move()
     assert c.backend.wire.value() == b"early request"
     assert c.backend.wire.write_closed
     c.backend.protocol.dataReceived(b"late answer")
@@ -486,6 +728,34 @@ def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
     assert c.read() == (b"", "close_notify")
     c.tcp_closed()
     assert c.reason == CloseReason.CLIENT
+
+
+def test_what_the_client_sends_while_the_backend_is_dialled_waits_in_the_socket(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """
+    Reading the client pauses while the backend is dialled (the gateway's own
+    transport, over a socket): a request and close_notify sent then are read
+    once the backend connects, and reach it in order.
+    """
+    c = FusedConnection(contexts, ca, backend_at_once=False)
+    try:
+        c.send(b"request")
+        c.close_notify()
+        assert c.server not in c.clock.readers  # paused: left in the socket
+        assert not c.closing
+        c.backend.complete()
+        c.move()
+        assert c.backend.wire.value() == b"request"
+        assert c.backend.wire.write_closed
+        c.backend.protocol.dataReceived(b"answer")
+        c.backend.closed()
+        c.move()
+        assert c.read() == (b"answer", "close_notify")
+        c.tcp_closed()
+        assert c.reason == CloseReason.CLIENT
+    finally:
+        c.close()
 
 
 def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -> None:
@@ -517,14 +787,14 @@ def renewals(c: Connection) -> int:
 
 
 def bios(c: Connection) -> tuple[object, object]:
-    tls = c.server._tlsConnection
+    tls = c.handle
     return tls._into_ssl, tls._from_ssl
 
 
 def test_the_bios_grown_by_the_handshake_are_renewed_once_drained(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
-    c = Connection(contexts, ca, handshake=False)
+    c = connect(handshake=False)
     before = bios(c)
     c.handshake()
     assert bios(c) == before  # the session tickets wait in the output BIO
@@ -541,43 +811,39 @@ def test_the_bios_grown_by_the_handshake_are_renewed_once_drained(
 
 
 def test_tls13_session_tickets_leave_with_the_first_answer_in_one_write(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
-    c = Connection(contexts, ca, handshake=False)
+    c = connect(handshake=False)
     c.handshake()
     c.send(b"request")
-    assert c.wire.value() == b""  # nothing sent since the server's Finished
-    writes = c.wire.writes
+    assert c.unsent() == b""  # nothing sent since the server's Finished
+    writes = c.writes
     c.backend.protocol.dataReceived(b"answer")
-    assert c.wire.writes == writes + 1
+    assert c.writes == writes + 1
     c.move()
     assert c.read() == (b"answer", None)
     session = c.tls.session
     assert session is not None and session.has_ticket  # the tickets came too
 
 
-def test_tls12_finishes_its_handshake_at_once(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
-    c = Connection(contexts, ca, version=ssl.TLSVersion.TLSv1_2)  # would stall
+def test_tls12_finishes_its_handshake_at_once(connect: Connect) -> None:
+    c = connect(version=ssl.TLSVersion.TLSv1_2)  # would stall
     assert c.tls.version() == "TLSv1.2"
     c.send(b"request")
     assert c.backend.wire.value() == b"request"
 
 
-def test_an_alert_after_the_handshake_is_not_held_back(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
-    c = Connection(contexts, ca)
-    c.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
-    sent = c.wire.value()
+def test_an_alert_after_the_handshake_is_not_held_back(connect: Connect) -> None:
+    c = connect()
+    c.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+    sent = c.unsent()
     assert sent  # the tickets, then the alert, went out together
-    assert c.wire.disconnecting
+    assert c.closing
 
 
-def past_first_answer(contexts: ReloadingContextFactory, ca: trustme.CA) -> Connection:
+def past_first_answer(connect: Connect) -> Connection:
     """A connection past its first exchange: its BIOs renewed once already."""
-    c = Connection(contexts, ca)
+    c = connect()
     c.send(b"hello")
     c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
     c.move()
@@ -585,10 +851,8 @@ def past_first_answer(contexts: ReloadingContextFactory, ca: trustme.CA) -> Conn
     return c
 
 
-def test_after_a_burst_the_bios_are_renewed_a_second_later(
-    contexts: ReloadingContextFactory, ca: trustme.CA
-) -> None:
-    c = past_first_answer(contexts, ca)
+def test_after_a_burst_the_bios_are_renewed_a_second_later(connect: Connect) -> None:
+    c = past_first_answer(connect)
     settled = bios(c)
     c.backend.protocol.dataReceived(b"b" * 100_000)  # a burst to the client
     c.move()
@@ -605,17 +869,17 @@ def test_after_a_burst_the_bios_are_renewed_a_second_later(
 
 
 def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with_the_connection(
-    contexts: ReloadingContextFactory, ca: trustme.CA
+    connect: Connect,
 ) -> None:
-    c = past_first_answer(contexts, ca)
+    c = past_first_answer(connect)
     c.send(b"u" * 50_000)  # a burst from the client
     # Half a record arrives before the renewal is due: OpenSSL keeps the part
     # it read, and the rest comes through the fresh BIO.
     c.tls.write(b"split record")
     wire = c._out.read()
-    c.server.dataReceived(wire[:10])
+    c.feed(wire[:10])
     c.clock.advance(1.0)
-    c.server.dataReceived(wire[10:])
+    c.feed(wire[10:])
     assert c.backend.wire.value() == b"hello" + b"u" * 50_000 + b"split record"
     c.send(b"x" * 10_000)
     assert renewals(c) == 1
@@ -628,13 +892,13 @@ def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with
 
 
 def test_without_pyopenssls_bio_internals_nothing_is_held(
-    contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tlsgate import _membio
 
     monkeypatch.setattr(_membio, "FROM", "_renamed_in_some_pyopenssl")
-    c = Connection(contexts, ca)
-    assert c.server._held == 0
+    c = connect()
+    assert c.held == 0
     c.send(b"request")
     c.backend.fin()  # finishes without a word: close_notify must still go out
     c.move()

@@ -18,9 +18,9 @@ import pytest
 from twisted.internet import error, tcp
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from tests.helpers import Reactor
 from tlsgate._tcp import (
     LeanClient,
     LeanDialledClient,
@@ -31,32 +31,6 @@ from tlsgate._tcp import (
 )
 from tlsgate.relay import Backend, BackendPool
 from tlsgate.relay._backends import direct_address
-
-
-class Reactor(Clock):
-    """The part of a reactor a TCP transport touches, counting registrations."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: set[Any] = set()
-        self.writers: set[Any] = set()
-        self.changes = 0
-
-    def addWriter(self, w: Any) -> None:
-        self.changes += w not in self.writers
-        self.writers.add(w)
-
-    def removeWriter(self, w: Any) -> None:
-        self.changes += w in self.writers
-        self.writers.discard(w)
-
-    def addReader(self, r: Any) -> None:
-        self.changes += r not in self.readers
-        self.readers.add(r)
-
-    def removeReader(self, r: Any) -> None:
-        self.changes += r in self.readers
-        self.readers.discard(r)
 
 
 class Recorder(Protocol):

@@ -1,0 +1,557 @@
+"""
+The gateway's TLS server transport: the accepted TCP connection and its TLS
+layer in one object.
+
+Stock Twisted puts TLS over TCP as a protocol (C{TLSMemoryBIOProtocol})
+wrapped around the application's, under a TCP transport of its own: every
+read passes two objects, every write three, and each connection's start,
+pauses and end are relayed between them (makeConnection, producer
+membranes, two C{connectionLost}s). On the gateway's path those hops were
+about a sixth of the Python run per relayed connection (bench/opcodes.py).
+L{LeanTLSServer} is a L{LeanServer} that does the TLS itself: a socket read
+goes into OpenSSL's memory BIO and out to the protocol in one method, an
+application write leaves as records in one socket write, and the
+application's producer is registered on the TCP transport directly.
+
+What the application sees is L{HalfCloseTLSProtocol}'s contract, kept
+exactly (the gateway's tests run over this class, the embeddable layer's
+over that one):
+
+  - C{ISSLTransport} and C{INegotiated} (C{getHandle()} is the
+    C{SSL.Connection}, as for Twisted's TLS layer), C{IHandshakeListener}'s
+    C{handshakeCompleted()} once the handshake is done, writes before it
+    held until then;
+  - half-close both ways for an C{IHalfCloseableProtocol}: the client's
+    close_notify or FIN is C{readConnectionLost()}; C{loseWriteConnection()}
+    sends close_notify and reads on;
+  - C{loseConnection()} waits for the application's producer to go, sends
+    close_notify, and closes TCP once the client answers it (or once it has
+    already sent its own); a connection whose handshake never finished is
+    aborted instead, as the stock layer does;
+  - a TLS error (garbage, a failed handshake) sends OpenSSL's alert and
+    reaches C{connectionLost} as the C{SSL.Error}; an EOF in violation of
+    TLS as C{ConnectionLost}; a close_notify in the middle of the handshake
+    as C{ConnectionDone};
+  - the memory BIOs are renewed after bursts, and a TLS 1.3 server's session
+    tickets leave with the first answer (L{tlsgate._halfclose}).
+
+Only the gateway's own listening ports make these (L{tlsgate._tcp.LeanPort},
+when its factory is a L{HalfCloseTLSFactory} that allows it); embedders'
+ports keep Twisted's transports and TLS layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from errno import EWOULDBLOCK
+from typing import Any
+
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
+from twisted.internet import abstract, main, tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    ILoggingContext,
+    INegotiated,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    IReadWriteDescriptor,
+    ISSLTransport,
+    ISystemHandle,
+    ITCPTransport,
+)
+from twisted.protocols.tls import _representsEOF
+from twisted.python.failure import Failure
+from zope.interface import implementer_only
+
+from tlsgate import _membio
+from tlsgate._halfclose import BURST, READ_SIZE, RENEW_AFTER, SEND_SIZE
+from tlsgate._membio import NULL, mem_data
+from tlsgate._tcp import LeanServer, _Lean
+
+#: Makes the C{SSL.Connection} of one accepted connection (Twisted's TLS
+#: factory's C{_creatorCallable}: the connection creator's
+#: C{serverConnectionForTLS}, in accept state, its app data the transport).
+Creator = Callable[[Any], Connection]
+
+
+@dataclass(frozen=True)
+class LeanTLS:
+    """
+    What a L{tlsgate._tcp.LeanPort} needs to accept connections as
+    L{LeanTLSServer}s: given as its factory's C{lean_tls} attribute, set on
+    the gateway's own TLS factories only (L{tlsgate._assembly.tls_over}).
+    """
+
+    #: Makes each connection's C{SSL.Connection} (the TLS factory's).
+    creator: Creator
+    #: Builds the protocol over TLS (the tracker, inside the TLS factory).
+    factory: IProtocolFactory
+    #: The clock of the BIO renewals (the TLS factory's).
+    clock: IReactorTime
+    #: The transport class.
+    transport: type[LeanTLSServer]
+
+
+@implementer_only(
+    ISSLTransport,
+    INegotiated,
+    ITCPTransport,
+    ISystemHandle,
+    IPushProducer,
+    IConsumer,
+    IReadWriteDescriptor,
+    IHalfCloseableDescriptor,
+    ILoggingContext,
+)
+class LeanTLSServer(LeanServer):
+    """
+    An accepted TCP connection with its TLS server side (see the module).
+
+    @ivar read_closed: the client finished sending (close_notify or FIN).
+    @ivar write_closed: our close_notify went out while reading goes on.
+    """
+
+    read_closed = False
+    write_closed = False
+    #: The handshake completed.
+    _handshake_done = False
+    #: The TLS layer is finished (an error, or both close_notify alerts):
+    #: nothing more is decrypted or encrypted.
+    _tls_lost = False
+    #: The application called loseConnection(): close_notify once its
+    #: producer and held writes are gone. (The TCP side's own flag is
+    #: C{disconnecting}, set only when the socket is to close.)
+    _tls_closing = False
+    #: The application aborted: nothing more reaches it.
+    _app_aborted = False
+    #: Why the TLS layer ended, when that, not the TCP close, is the reason.
+    _tls_reason: Failure | None = None
+    #: The client's FIN was seen.
+    _fin = False
+    #: connectionLost is under way (an input BIO at EOF must stay as it is).
+    _ending = False
+    #: A BIO grew past BURST since the last renewal (the handshake counts).
+    _grown = True
+    #: The BIOs were renewed after the handshake.
+    _settled = False
+    #: The delayed renewal after a later burst, while one is due.
+    _renewal: Any = None
+    #: Bytes OpenSSL wrote as a TLS 1.3 handshake completed (session
+    #: tickets), held back to leave with the next write.
+    _held = 0
+    #: Application writes that OpenSSL could not take yet (before the
+    #: handshake completed), sent once it has (a list only then).
+    _app_buffer: Sequence[bytes] = ()
+
+    def __init__(
+        self,
+        sock: Any,
+        protocol: IProtocol,
+        client: tuple[Any, ...],
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        creator: Creator,
+        clock: IReactorTime,
+    ) -> None:
+        LeanServer.__init__(self, sock, protocol, client, server, sessionno, reactor)
+        self._clock = clock
+        # The creator calls serverConnectionForTLS(self): the certificate
+        # files are looked at now, before the protocol hears of the
+        # connection (the tracker tags it with the generation served).
+        self._tls: Connection | None = creator(self)
+
+    # -- what the application sees -------------------------------------------
+
+    @property
+    def wrappedProtocol(self) -> IProtocol | None:
+        """
+        The application protocol, under the name Twisted's TLS layer gives it
+        (the mutual-TLS callback finds the tracker through the connection's
+        app data this way).
+        """
+        return self.__dict__.get("protocol")
+
+    def getHandle(self) -> Connection | None:  # type: ignore[override]
+        """The C{SSL.Connection} (as Twisted's TLS layer answers), C{None} once lost."""
+        return self._tls
+
+    def getPeerCertificate(self) -> Any:
+        tls = self._tls
+        return tls.get_peer_certificate() if tls is not None else None
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        """The ALPN protocol, once negotiated (C{INegotiated})."""
+        tls = self._tls
+        if tls is None:
+            return None
+        return tls.get_alpn_proto_negotiated() or None
+
+    def write(self, data: bytes) -> None:
+        # Writes after loseConnection() are dropped, unless a producer is
+        # still registered (it may write until it is unregistered).
+        if (
+            (self._tls_closing and self.producer is None)
+            or self._tls_lost
+            or self._app_aborted
+        ):
+            return
+        self._held = 0  # held tickets go first, in the same send
+        tls = self._tls
+        assert tls is not None
+        view = memoryview(data)
+        while view:
+            try:
+                sent = tls.send(view)
+            except WantReadError:
+                # Before the handshake completed: held until it has.
+                self._flush_send()
+                self._buffer_write(view.tobytes())
+                return
+            except Error:
+                self._tls_finished(Failure())
+                return
+            view = view[sent:]
+        self._flush_send()
+        if self._grown and self._handshake_done:
+            self._renew_bios()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """close_notify once the producer and held writes are gone; TCP after."""
+        if self._tls_closing or not self.connected or self.disconnecting:
+            return
+        if not self._handshake_done and not self._app_buffer:
+            # OpenSSL would wait for the handshake before close_notify, and
+            # nothing may be written any more: abort, as the stock layer does.
+            self.abortConnection()
+            return
+        self._tls_closing = True
+        if not self._app_buffer and self.producer is None:
+            self._shutdown_tls()
+
+    def loseWriteConnection(self) -> None:
+        """Send close_notify and go on reading what the client sends."""
+        if self.write_closed or self._tls_closing or self._tls_lost:
+            return
+        if self.read_closed or self._app_buffer or not self._handshake_done:
+            # Nothing left to read, or writes wait on a read: close outright.
+            self.loseConnection()
+            return
+        self.write_closed = True
+        if self.producer is not None:
+            self.unregisterProducer()
+        self._shutdown_tls()
+
+    def abortConnection(self) -> None:
+        """Close at once; nothing more reaches the application."""
+        self._app_aborted = True
+        self._tls_closing = True
+        tls = self._tls
+        if tls is not None:
+            # Marked as shut down, as the stock layer does (OpenSSL then keeps
+            # a resumable session); what it writes is not sent.
+            with contextlib.suppress(Error):
+                tls.shutdown()
+        tcp.Connection.abortConnection(self)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._tls_lost:
+            producer.stopProducing()
+            return
+        abstract.FileDescriptor.registerProducer(self, producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self.producer is None:
+            return
+        abstract.FileDescriptor.unregisterProducer(self)
+        if self._tls_closing and not self._app_buffer and not self._tls_lost:
+            self._shutdown_tls()
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        raise RuntimeError("this connection is TLS already")
+
+    # -- reading -------------------------------------------------------------
+
+    def doRead(self) -> Any:
+        # _Lean.doRead and tcp.Connection.doRead in one frame, the protocol's
+        # dataReceived replaced by the TLS layer's.
+        if self.disconnecting:
+            return None  # closing at the start of the next turn: read nothing
+        if self._pause_pending:
+            self.stopReading()
+            return None
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            if e.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        if self.read_closed or self._tls_lost:
+            # After close_notify nothing may come, and after a TLS error
+            # nothing is read: not kept, so it cannot grow the BIO.
+            return None
+        if len(data) > BURST:
+            self._grown = True
+        tls = self._tls
+        assert tls is not None
+        tls.bio_write(data)
+        finished = False
+        if not self._handshake_done:
+            self._handshake()
+            if not self._handshake_done:
+                return None
+            finished = True
+        if self._app_buffer:
+            self._unbuffer()
+        if finished and not mem_data(tls._into_ssl, NULL) and not tls.pending():
+            # The client's last flight came alone: nothing to decrypt (a
+            # recv() would only raise WantReadError to say so).
+            self._flush_send()
+        else:
+            self._flush_receive()
+        if self._grown and self._handshake_done:
+            self._renew_bios()
+        return None
+
+    def _handshake(self) -> None:
+        if self._app_aborted:
+            return
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except WantReadError:
+            self._flush_send()
+            return
+        except Error:
+            self._tls_finished(Failure())
+            return
+        self._handshake_done = True
+        if _membio.AVAILABLE and tls.get_protocol_version_name() == "TLSv1.3":
+            # A TLS 1.3 server's last handshake output is its session
+            # tickets, which no client waits for: they leave with the first
+            # answer (one send, not two). TLS 1.2's last flight (its
+            # Finished) is waited for, and is never held.
+            held = _membio.pending(tls, _membio.FROM)
+            # UNKNOWN (pyOpenSSL's internals not as expected) would hold
+            # everything after it: then nothing is held.
+            self._held = held if 0 < held < _membio.UNKNOWN else 0
+        protocol = self.protocol
+        if IHandshakeListener.providedBy(protocol):
+            protocol.handshakeCompleted()
+
+    def _flush_receive(self) -> None:
+        """What OpenSSL can decrypt now, to the application; then what it wrote."""
+        tls = self._tls
+        assert tls is not None
+        while not self._tls_lost and not self.read_closed:
+            try:
+                data = tls.recv(READ_SIZE)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self._peer_finished()
+            except Error:
+                self._tls_finished(Failure())
+            else:
+                if not self._app_aborted:
+                    self.protocol.dataReceived(data)
+                # No last recv() to learn that nothing is left (an exception
+                # each time) when neither OpenSSL nor its BIO holds more.
+                if not tls.pending() and not mem_data(tls._into_ssl, NULL):
+                    break
+        self._flush_send()
+
+    def _peer_finished(self) -> None:
+        """The client's stream ended cleanly: half-close, or end."""
+        self.read_closed = True
+        if self.write_closed:
+            # Our close_notify went out already: both directions are done.
+            self._tls_finished(None)
+            return
+        if (
+            self._ending
+            or self._tls_closing
+            or not IHalfCloseableProtocol.providedBy(self.protocol)
+        ):
+            # Both directions are done (or half-close is not wanted): reply
+            # close_notify and close.
+            self._shutdown_tls()
+            self._tls_finished(None)
+            return
+        self.protocol.readConnectionLost()
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """The client's FIN: whatever it sent before is read, then its stream ends."""
+        if self._fin or self._tls_lost:
+            return
+        self._fin = True
+        if not self._handshake_done:
+            # Nothing was relayed yet: end the connection.
+            _Lean.loseConnection(self)
+            return
+        if self.read_closed:
+            if self.write_closed:
+                _Lean.loseConnection(self)
+            return
+        tls = self._tls
+        assert tls is not None
+        tls.bio_shutdown()
+        self._flush_receive()
+        if not self.read_closed and not self._tls_lost:
+            # A FIN without close_notify (SSL_OP_IGNORE_UNEXPECTED_EOF makes
+            # OpenSSL report it as a clean end): the same half-close.
+            self._peer_finished()
+
+    # -- writing -------------------------------------------------------------
+
+    def _flush_send(self) -> None:
+        """What OpenSSL wrote, to the socket: all of it in one send when it can."""
+        tls = self._tls
+        if tls is None:
+            return
+        # The BIO pyOpenSSL's own bio_read reads (see _membio.mem_data).
+        pending = mem_data(tls._from_ssl, NULL)
+        if self._held:
+            if pending <= self._held:
+                return  # only the tickets: they wait for the next write
+            self._held = 0  # more came (an alert, close_notify): all go now
+        if pending > BURST:
+            self._grown = True
+        while pending:
+            try:
+                data = tls.bio_read(min(pending, SEND_SIZE))
+            except WantReadError:
+                return
+            _Lean.write(self, data)
+            pending -= len(data)
+            if pending <= 0:
+                pending = mem_data(tls._from_ssl, NULL)
+
+    def _buffer_write(self, data: bytes) -> None:
+        self._app_buffer = [*self._app_buffer, data]
+        producer: Any = self.producer
+        if producer is not None:
+            producer.pauseProducing()
+
+    def _unbuffer(self) -> None:
+        """The handshake completed: the writes held for it go now."""
+        pending, self._app_buffer = self._app_buffer, ()
+        for data in pending:
+            self.write(data)
+        if self._app_buffer:
+            return
+        producer: Any = self.producer
+        if producer is not None:
+            if not self.producerPaused:
+                producer.resumeProducing()
+            return
+        if self._tls_closing:
+            self._shutdown_tls()
+
+    # -- ending --------------------------------------------------------------
+
+    def _shutdown_tls(self) -> None:
+        """Send close_notify (or answer the client's); TCP closes once both are."""
+        tls = self._tls
+        if tls is None:
+            return
+        try:
+            done = tls.shutdown()
+        except Error:
+            # In the middle of the handshake OpenSSL may want to read first.
+            done = False
+        self._flush_send()
+        if done:
+            _Lean.loseConnection(self)
+
+    def _tls_finished(self, reason: Failure | None) -> None:
+        """
+        The TLS layer is done: send what OpenSSL wrote (an alert says why a
+        handshake failed), then close TCP; C{reason} (if any) is what the
+        application hears.
+        """
+        if reason is not None:
+            if isinstance(reason.value, ZeroReturnError):
+                # close_notify in the middle of the handshake: a client that
+                # leaves, not a TLS fault.
+                reason = Failure(ConnectionDone("close_notify in the handshake"))
+            elif isinstance(reason.value, Error) and _representsEOF(reason.value):
+                reason = Failure(ConnectionLost())
+        if self._tls_reason is None:
+            self._tls_reason = reason
+        self._tls_lost = True
+        self._flush_send()
+        if self.producer is not None:
+            # Nothing the producer writes can be sent now: without it, the
+            # TCP close does not wait for it.
+            abstract.FileDescriptor.unregisterProducer(self)
+        _Lean.loseConnection(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if "protocol" not in self.__dict__:
+            return  # reported once already
+        self._ending = True
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None and renewal.active():
+            renewal.cancel()
+        tls = self._tls
+        if not self._tls_lost and tls is not None:
+            # Whatever the client sent last, and OpenSSL has, goes up first.
+            tls.bio_shutdown()
+            self._flush_receive()
+            self._tls_lost = True
+        reason = self._tls_reason or reason
+        self._tls_reason = None
+        tcp.Connection.connectionLost(self, reason)
+        if tls is not None:
+            tls.set_app_data(None)  # no cycle left through OpenSSL's object
+        self._tls = None
+
+    # -- memory: fresh BIOs once a burst has passed ----------------------------
+
+    def _renew_bios(self) -> None:
+        """Give back what the BIOs grew to (see L{tlsgate._membio})."""
+        if (
+            self._fin
+            or self.read_closed
+            or self.write_closed
+            or self._tls_lost
+            or self._renewal is not None
+        ):
+            return  # an input BIO at EOF must stay; or a renewal is due
+        if not self._settled:
+            if _membio.renew(self._tls):
+                self._settled = True
+                self._grown = False
+            return
+        self._renewal = self._clock.callLater(RENEW_AFTER, self._renew_later)
+
+    def _renew_later(self) -> None:
+        self._renewal = None
+        if (
+            self._tls_lost
+            or not self.connected
+            or self._fin
+            or self.read_closed
+            or self.write_closed
+        ):
+            return  # gone, or an input BIO at EOF that must stay
+        if _membio.renew(self._tls):
+            self._grown = False
+        else:
+            self._renew_bios()  # bytes in flight: try again later

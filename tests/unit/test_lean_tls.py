@@ -1,0 +1,165 @@
+"""
+The gateway's one-object TLS transport (L{tlsgate._leantls}) beyond the
+half-close behaviour it shares with the embeddable layer (those tests run
+over both, in test_half_close.py): what it declares, how the port makes it,
+backpressure, and the mutual-TLS callback's way to the tracker.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import trustme
+from OpenSSL import SSL
+from twisted.internet import tcp
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    INegotiated,
+    ISSLTransport,
+    ITLSTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+
+from tests.helpers import Reactor
+from tests.unit.test_half_close import BackendEndpoint, FusedConnection
+from tlsgate._assembly import TLSStack
+from tlsgate._gateway import _SwitchFactory
+from tlsgate._leantls import LeanTLSServer
+from tlsgate._tcp import LeanPort, LeanServer, use_lean_transports
+from tlsgate.certs import ReloadingContextFactory
+from tlsgate.relay import Backend, BackendPool, RelayFactory
+from tlsgate.tracker import CloseReason, Limits
+
+
+@pytest.fixture
+def fused(contexts: ReloadingContextFactory, ca: trustme.CA) -> Any:
+    c = FusedConnection(contexts, ca)
+    yield c
+    c.close()
+
+
+def test_it_declares_a_tls_transport_that_cannot_start_tls_again(fused: Any) -> None:
+    t = fused.server
+    assert ISSLTransport.providedBy(t) and INegotiated.providedBy(t)
+    assert not ITLSTransport.providedBy(t)
+    with pytest.raises(RuntimeError):
+        t.startTLS(None)
+    tracked = fused.tracked  # what the application sees is unchanged
+    assert ISSLTransport.providedBy(tracked)
+    assert IHalfCloseableProtocol.providedBy(tracked)
+    assert isinstance(t.getHandle(), SSL.Connection)
+    assert t.negotiatedProtocol is None  # no ALPN configured
+
+
+def test_the_connection_leads_the_client_auth_callback_to_the_tracker(
+    fused: Any,
+) -> None:
+    """certs._clientauth finds the tracked protocol through the app data."""
+    assert fused.server.getHandle().get_app_data().wrappedProtocol is fused.tracked
+
+
+def test_a_client_that_stops_reading_pauses_the_backend(fused: Any) -> None:
+    """
+    What the gateway cannot send waits in one transport buffer, and the
+    backend is paused past it (the TCP transport's own producer logic, no
+    membrane): memory per connection stays bounded.
+    """
+    fused.send(b"GET /big")
+    backend = fused.backend.wire
+    chunk = b"z" * 65536
+    for _ in range(64):  # 4 MiB offered while the client reads nothing
+        if backend.producerState == "paused":
+            break
+        fused.backend.protocol.dataReceived(chunk)
+        fused.turn()
+    assert backend.producerState == "paused"
+    t = fused.server
+    held = len(t.dataBuffer) - t.offset + t._tempDataLen
+    assert held <= 2 * t.bufferSize + 65536 + 1024  # about one chunk past the mark
+    received = b""
+    while backend.producerState == "paused":
+        fused.move()
+        received += fused.read()[0]
+    assert backend.producerState == "producing"  # resumed once drained
+
+
+def test_a_tls_error_after_the_handshake_ends_it_as_one(fused: Any) -> None:
+    fused.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+    assert fused.closing
+    fused.lost()
+    assert fused.reason == CloseReason.TLS_ERROR
+    assert fused.server.getHandle() is None  # no cycle through OpenSSL's object
+
+
+def test_the_port_accepts_tls_as_one_object_when_its_factory_allows(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """A LeanPort under the gateway's switchable factory; a plain one otherwise."""
+    reactor = Reactor()
+    pool = BackendPool([Backend("b", BackendEndpoint())], clock=reactor)
+    stack = TLSStack.around(
+        RelayFactory(pool), contexts, Limits(), reactor, name="web", half_close=True
+    )
+    switch = _SwitchFactory(stack.factory)
+    assert switch.lean_tls is stack.factory.lean_tls
+    port = tcp.Port(0, switch, interface="127.0.0.1", reactor=reactor)  # type: ignore[arg-type]
+    port.startListening()
+    try:
+        use_lean_transports(port)
+        assert type(port) is LeanPort
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        port.doRead()
+        (transport,) = [r for r in reactor.readers if r is not port]
+        assert type(transport) is LeanTLSServer
+        assert transport.connected and transport.protocol is not None
+        assert transport.protocol in stack.tracker.connections
+        client.close()
+        transport.abortConnection()
+        reactor.advance(0)
+        assert not stack.tracker.connections
+
+        switch.target = Factory.forProtocol(Protocol)  # a reload to a plain one
+        assert switch.lean_tls is None
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        port.doRead()
+        others = [r for r in reactor.readers if r is not port]
+        assert [type(t) for t in others] == [LeanServer]
+        client.close()
+        others[0].abortConnection()
+        reactor.advance(0)
+    finally:
+        port.socket.close()
+
+
+class Banner(Protocol):
+    """Speaks first, before the handshake is done (as an SMTP server would)."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"220 ready\r\n")
+
+
+def test_writes_before_the_handshake_leave_once_it_completes(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = FusedConnection(contexts, ca, app=Factory.forProtocol(Banner))
+    try:
+        assert c.read() == (b"220 ready\r\n", None)
+    finally:
+        c.close()
+
+
+def test_a_close_before_the_handshake_is_an_abort(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = FusedConnection(contexts, ca, handshake=False)
+    try:
+        c.tracked.loseConnection()
+        assert c.aborted
+        c.lost()
+        assert c.reason == CloseReason.CLIENT
+        assert c.stack.tracker.handshakes_failed == 1
+    finally:
+        c.close()
