@@ -73,7 +73,7 @@ from zope.interface import implementer_only
 
 from tlsgate import _membio
 from tlsgate._halfclose import BURST, READ_SIZE, RENEW_AFTER, SEND_SIZE
-from tlsgate._membio import NULL, mem_data
+from tlsgate._membio import NULL, mem_data, read_out, recv, send, write_in
 from tlsgate._tcp import LeanServer, _Lean
 
 #: Makes the C{SSL.Connection} of one accepted connection (Twisted's TLS
@@ -211,7 +211,7 @@ class LeanTLSServer(LeanServer):
         view = memoryview(data)
         while view:
             try:
-                sent = tls.send(view)
+                sent = send(tls, view)
             except WantReadError:
                 # Before the handshake completed: held until it has.
                 self._flush_send()
@@ -308,7 +308,7 @@ class LeanTLSServer(LeanServer):
             self._grown = True
         tls = self._tls
         assert tls is not None
-        tls.bio_write(data)
+        write_in(tls, data)
         finished = False
         if not self._handshake_done:
             self._handshake()
@@ -360,7 +360,7 @@ class LeanTLSServer(LeanServer):
         assert tls is not None
         while not self._tls_lost and not self.read_closed:
             try:
-                data = tls.recv(READ_SIZE)
+                data = recv(tls, READ_SIZE)
             except WantReadError:
                 break
             except ZeroReturnError:
@@ -434,7 +434,7 @@ class LeanTLSServer(LeanServer):
             self._grown = True
         while pending:
             try:
-                data = tls.bio_read(min(pending, SEND_SIZE))
+                data = read_out(tls, min(pending, SEND_SIZE))
             except WantReadError:
                 return
             _Lean.write(self, data)

@@ -14,6 +14,13 @@ The stock layer also learns that a BIO is empty from an exception (a
 C{bio_read} or C{recv} raising C{WantReadError}), several times per
 connection; L{pending} asks the BIO instead.
 
+L{write_in}, L{read_out}, L{recv} and L{send} are pyOpenSSL's C{bio_write},
+C{bio_read}, C{recv} and C{send} for the gateway's TLS transport, which
+calls them a few times per connection: one Python call each instead of two
+(pyOpenSSL checks its callbacks' errors after every call, also when the call
+succeeded, and only a handshake runs callbacks), and a failure raises what
+pyOpenSSL raises, through its own error handling.
+
 pyOpenSSL has no public call for either: this uses its binding's
 C{BIO_get_mem_data}, C{BIO_new}, C{BIO_s_mem} and C{SSL_set_bio}, and the
 connection's private C{_ssl}, C{_into_ssl} and C{_from_ssl}. L{AVAILABLE}
@@ -35,6 +42,7 @@ INTO = "_into_ssl"
 FROM = "_from_ssl"
 
 try:
+    from OpenSSL._util import no_zero_allocator as _alloc
     from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]
 
     _mem_data = _lib.BIO_get_mem_data
@@ -42,8 +50,19 @@ try:
     _bio_s_mem = _lib.BIO_s_mem
     _set_bio = _lib.SSL_set_bio
     _bio_free = _lib.BIO_free
+    _bio_read = _lib.BIO_read
+    _bio_write = _lib.BIO_write
+    _ssl_read = _lib.SSL_read
+    _ssl_write = _lib.SSL_write
+    _buffer = _ffi.buffer
+    _from_buffer = _ffi.from_buffer
     _null = _ffi.NULL
-    AVAILABLE = True
+    from OpenSSL.SSL import Connection as _Connection
+
+    # Their error paths: what a failed call raises is pyOpenSSL's own.
+    AVAILABLE = hasattr(_Connection, "_raise_ssl_error") and hasattr(
+        _Connection, "_handle_bio_errors"
+    )
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
     AVAILABLE = False
 
@@ -101,3 +120,58 @@ def renew(connection: Any) -> bool:
     setattr(connection, INTO, fresh_into)
     setattr(connection, FROM, fresh_out)
     return True
+
+
+def write_in(connection: Any, data: bytes) -> None:
+    """C{connection.bio_write(data)}: what the peer sent, for OpenSSL to read."""
+    if not AVAILABLE:
+        connection.bio_write(data)
+        return
+    into = connection._into_ssl
+    result = _bio_write(into, _from_buffer(data), len(data))
+    if result <= 0:
+        connection._handle_bio_errors(into, result)
+
+
+def read_out(connection: Any, size: int) -> bytes:
+    """
+    C{connection.bio_read(size)}: what OpenSSL wrote for the peer (C{size}:
+    at most what L{pending} said is there, so it does not fail for want of
+    bytes).
+    """
+    if not AVAILABLE:
+        return bytes(connection.bio_read(size))
+    out = connection._from_ssl
+    buf = _alloc("char[]", size)
+    result = _bio_read(out, buf, size)
+    if result <= 0:
+        connection._handle_bio_errors(out, result)
+    data: bytes = _buffer(buf, result)[:]
+    return data
+
+
+def recv(connection: Any, size: int) -> bytes:
+    """
+    C{connection.recv(size)}, after the handshake: decrypted bytes, or the
+    exception pyOpenSSL raises (C{WantReadError}, C{ZeroReturnError}...).
+    """
+    if not AVAILABLE:
+        return bytes(connection.recv(size))
+    ssl = connection._ssl
+    buf = _alloc("char[]", size)
+    result = _ssl_read(ssl, buf, size)
+    if result <= 0:
+        connection._raise_ssl_error(ssl, result)
+    data: bytes = _buffer(buf, result)[:]
+    return data
+
+
+def send(connection: Any, data: Any) -> int:
+    """C{connection.send(data)}, after the handshake: how much OpenSSL took."""
+    if not AVAILABLE:
+        return int(connection.send(data))
+    ssl = connection._ssl
+    result = _ssl_write(ssl, _from_buffer(data), len(data))
+    if result <= 0:
+        connection._raise_ssl_error(ssl, result)
+    return int(result)

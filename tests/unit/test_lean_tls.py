@@ -163,3 +163,25 @@ def test_a_close_before_the_handshake_is_an_abort(
         assert c.stack.tracker.handshakes_failed == 1
     finally:
         c.close()
+
+
+def test_without_pyopenssls_internals_its_public_calls_serve(
+    contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L{tlsgate._membio}'s direct calls fall back to pyOpenSSL's methods."""
+    from tlsgate import _membio
+
+    monkeypatch.setattr(_membio, "AVAILABLE", False)
+    c = FusedConnection(contexts, ca)
+    try:
+        c.send(b"request")
+        assert c.backend.wire.value() == b"request"
+        c.backend.protocol.dataReceived(b"answer" * 10_000)
+        c.backend.fin()
+        c.move()
+        assert c.read() == (b"answer" * 10_000, "close_notify")
+        c.close_notify()
+        c.tcp_closed()
+        assert c.reason == CloseReason.BACKEND
+    finally:
+        c.close()
