@@ -17,15 +17,29 @@ only to Twisted's C{EPollReactor} itself; any other reactor is left alone.
 from __future__ import annotations
 
 import errno
+import sys
 from types import MethodType
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
+
+#: The epoll reactor's event bits, as its _doReadOrWrite reads them.
+_IN = EPollReactor._POLL_IN
+_OUT = EPollReactor._POLL_OUT
+_DISCONNECTED = EPollReactor._POLL_DISCONNECTED
+#: What a descriptor whose fileno() is -1 is disconnected with (as posixbase).
+_NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
 
 
 def _do_poll(self: Any, timeout: float | None) -> None:
-    """C{EPollReactor.doPoll}, with the handler called directly."""
+    """
+    C{EPollReactor.doPoll}, with the handler called directly, and
+    C{_doReadOrWrite} (what the reactor does with one event) in the loop
+    rather than a call per event: the same tests in the same order.
+    """
     if timeout is None:
         timeout = -1
     try:
@@ -35,13 +49,40 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             return
         raise
     selectables = self._selectables
-    handle = self._doReadOrWrite
+    reads = self._reads
     for fd, event in events:
         selectable = selectables.get(fd)
         if selectable is None:
             continue
         try:
-            handle(selectable, fd, event)
+            why: Any = None
+            in_read = False
+            if event & _DISCONNECTED and not event & _IN:
+                # A hang-up with no input left: a clean end if it was being
+                # read (perhaps a half-close), else an error.
+                if fd in reads:
+                    in_read = True
+                    why = CONNECTION_DONE
+                else:
+                    why = CONNECTION_LOST
+            else:
+                try:
+                    if selectable.fileno() == -1:
+                        why = _NO_FILEDESC
+                    else:
+                        if event & _IN:
+                            why = selectable.doRead()
+                            in_read = True
+                        if not why and event & _OUT:
+                            why = selectable.doWrite()
+                            in_read = False
+                except BaseException:
+                    # What the application raised is logged, and ends that
+                    # connection (as the reactor's own loop does).
+                    why = sys.exc_info()[1]
+                    log.err()
+            if why:
+                self._disconnectSelectable(selectable, why, in_read)
         except KeyboardInterrupt:
             raise
         except BaseException:
