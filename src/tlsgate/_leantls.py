@@ -517,7 +517,7 @@ class LeanTLSServer(LeanServer):
             self._tls_lost = True
         reason = self._tls_reason or reason
         self._tls_reason = None
-        tcp.Connection.connectionLost(self, reason)
+        LeanServer.connectionLost(self, reason)
         if tls is not None:
             tls.set_app_data(None)  # no cycle left through OpenSSL's object
         self._tls = None

@@ -215,6 +215,23 @@ class _Lean:
         tcp.Connection.setTcpNoDelay(self, enabled)  # type: ignore[arg-type]
 
 
+def _connection_lost(transport: Any, reason: Failure) -> None:
+    """
+    C{tcp.Connection.connectionLost}, with its test for an abort made by
+    C{isinstance} rather than C{Failure.check}, which spells the class's
+    qualified name on each call (two per relayed connection).
+    """
+    if not hasattr(transport, "socket"):
+        return  # reported once already
+    abstract.FileDescriptor.connectionLost(transport, reason)
+    transport._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+    protocol = transport.protocol
+    del transport.protocol
+    del transport.socket
+    del transport.fileno
+    protocol.connectionLost(reason)
+
+
 class LeanServer(_Lean, tcp.Server):
     """An accepted TCP connection for the gateway (see the module)."""
 
@@ -242,6 +259,9 @@ class LeanServer(_Lean, tcp.Server):
     def __repr__(self) -> str:
         protocol = getattr(self, "protocol", None)  # gone after connectionLost
         return f"<{type(protocol).__name__} #{self.sessionno} (tlsgate)>"
+
+    def connectionLost(self, reason: Failure) -> None:
+        _connection_lost(self, reason)
 
 
 class LeanPort(tcp.Port):
@@ -517,7 +537,7 @@ class LeanClient(_Lean, tcp.Connection):
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             self._fail(code or errno.ECONNREFUSED)
             return
-        tcp.Connection.connectionLost(self, reason)
+        _connection_lost(self, reason)
         factory, self._factory = self._factory, None
         if factory is not None:
             factory.doStop()
