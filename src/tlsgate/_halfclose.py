@@ -356,9 +356,10 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         #: Whether this side speaks first (a client sends its hello at once).
         self.is_client = isClient
-        #: Set for the gateway's own listeners (L{tlsgate._assembly.tls_over}):
-        #: their ports then accept each connection as one object doing TCP
-        #: and TLS (L{tlsgate._leantls}) instead of building this layer.
+        #: Set by L{tlsgate._assembly.tls_over}: a L{tlsgate._tcp.LeanPort}
+        #: (the gateway's own listeners) then accepts each connection as one
+        #: object doing TCP and TLS (L{tlsgate._leantls}) instead of building
+        #: this layer; any other port ignores it.
         self.lean_tls: LeanTLS | None = None
 
     def unregisterProtocol(self, p: Any) -> None:

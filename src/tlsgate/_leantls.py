@@ -50,6 +50,7 @@ from typing import Any
 
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
 from twisted.internet import abstract, main, tcp
+from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
@@ -68,6 +69,7 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.protocols.tls import _representsEOF
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer_only
 
@@ -86,8 +88,10 @@ Creator = Callable[[Any], Connection]
 class LeanTLS:
     """
     What a L{tlsgate._tcp.LeanPort} needs to accept connections as
-    L{LeanTLSServer}s: given as its factory's C{lean_tls} attribute, set on
-    the gateway's own TLS factories only (L{tlsgate._assembly.tls_over}).
+    L{LeanTLSServer}s: given as its factory's C{lean_tls} attribute, which
+    L{tlsgate._assembly.tls_over} sets on every half-closing TLS factory it
+    makes. Only a C{LeanPort} reads it, and only the gateway's own listeners
+    are C{LeanPort}s; any other port builds the factory's protocols.
     """
 
     #: Makes each connection's C{SSL.Connection} (the TLS factory's).
@@ -126,9 +130,10 @@ class LeanTLSServer(LeanServer):
     #: The TLS layer is finished (an error, or both close_notify alerts):
     #: nothing more is decrypted or encrypted.
     _tls_lost = False
-    #: The application called loseConnection(): close_notify once its
-    #: producer and held writes are gone. (The TCP side's own flag is
-    #: C{disconnecting}, set only when the socket is to close.)
+    #: The application called loseConnection() (close_notify once its
+    #: producer and held writes are gone) or abortConnection(). (The TCP
+    #: side's own flag is C{disconnecting}, set only when the socket is to
+    #: close.)
     _tls_closing = False
     #: The application aborted: nothing more reaches it.
     _app_aborted = False
@@ -136,7 +141,8 @@ class LeanTLSServer(LeanServer):
     _tls_reason: Failure | None = None
     #: The client's FIN was seen.
     _fin = False
-    #: connectionLost is under way (an input BIO at EOF must stay as it is).
+    #: connectionLost is under way: nothing more is sent, and a close_notify
+    #: read now ends the connection instead of half-closing it.
     _ending = False
     #: A BIO grew past BURST since the last renewal (the handshake counts).
     _grown = True
@@ -162,12 +168,17 @@ class LeanTLSServer(LeanServer):
         creator: Creator,
         clock: IReactorTime,
     ) -> None:
-        LeanServer.__init__(self, sock, protocol, client, server, sessionno, reactor)
-        self._clock = clock
         # The creator calls serverConnectionForTLS(self): the certificate
         # files are looked at now, before the protocol hears of the
-        # connection (the tracker tags it with the generation served).
-        self._tls: Connection | None = creator(self)
+        # connection (the tracker tags it with the generation served), and
+        # before the socket is registered with the reactor.
+        try:
+            self._tls: Connection | None = creator(self)
+        except BaseException:
+            sock.close()
+            raise
+        LeanServer.__init__(self, sock, protocol, client, server, sessionno, reactor)
+        self._clock = clock
 
     # -- what the application sees -------------------------------------------
 
@@ -199,11 +210,13 @@ class LeanTLSServer(LeanServer):
     def write(self, data: bytes) -> None:
         # Writes after loseConnection() are dropped, unless a producer is
         # still registered (it may write until it is unregistered).
-        if (
-            (self._tls_closing and self.producer is None)
-            or self._tls_lost
-            or self._app_aborted
-        ):
+        if self._tls_closing and self.producer is None:
+            return
+        self._encrypt(data)
+
+    def _encrypt(self, data: bytes) -> None:
+        """Hand C{data} to OpenSSL and send the records it makes."""
+        if self._tls_lost or self._app_aborted:
             return
         self._held = 0  # held tickets go first, in the same send
         tls = self._tls
@@ -261,7 +274,8 @@ class LeanTLSServer(LeanServer):
         tls = self._tls
         if tls is not None:
             # Marked as shut down, as the stock layer does (OpenSSL then keeps
-            # a resumable session); what it writes is not sent.
+            # a resumable session); the close_notify it writes is not sent
+            # (the socket is reset).
             with contextlib.suppress(Error):
                 tls.shutdown()
         tcp.Connection.abortConnection(self)
@@ -270,14 +284,32 @@ class LeanTLSServer(LeanServer):
         if self._tls_lost:
             producer.stopProducing()
             return
-        abstract.FileDescriptor.registerProducer(self, producer, streaming)
+        # A pull producer is driven as a push one, as Twisted's TLS layer
+        # does: writes here go to the socket at once, so the TCP transport's
+        # own pulls (when its buffer drains) would seldom come.
+        pull = None if streaming else _PullToPush(producer, self)
+        abstract.FileDescriptor.registerProducer(self, pull or producer, True)
+        if pull is not None:
+            pull.startStreaming()
 
     def unregisterProducer(self) -> None:
-        if self.producer is None:
+        producer = self.producer
+        if producer is None:
             return
+        if isinstance(producer, _PullToPush):
+            producer.stopStreaming()
         abstract.FileDescriptor.unregisterProducer(self)
         if self._tls_closing and not self._app_buffer and not self._tls_lost:
             self._shutdown_tls()
+
+    def stopProducing(self) -> None:
+        """
+        What we produce for is gone (the backend closed): close, with
+        close_notify. (Under Twisted's TLS layer this reached the TCP
+        transport, which closed without one.) The tracker bounds the wait
+        for the client's answer with C{close_grace}.
+        """
+        self.loseConnection()
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
         raise RuntimeError("this connection is TLS already")
@@ -397,6 +429,15 @@ class LeanTLSServer(LeanServer):
 
     def readConnectionLost(self, reason: Failure) -> None:
         """The client's FIN: whatever it sent before is read, then its stream ends."""
+        # What the protocol raises ends the connection, as Twisted's TCP
+        # transport does with its protocol's readConnectionLost.
+        try:
+            self._client_fin()
+        except BaseException:
+            log.err()
+            self.connectionLost(Failure())
+
+    def _client_fin(self) -> None:
         if self._fin or self._tls_lost:
             return
         self._fin = True
@@ -422,8 +463,8 @@ class LeanTLSServer(LeanServer):
     def _flush_send(self) -> None:
         """What OpenSSL wrote, to the socket: all of it in one send when it can."""
         tls = self._tls
-        if tls is None:
-            return
+        if tls is None or self._ending:
+            return  # the socket is going: what OpenSSL wrote is not sent
         # The BIO pyOpenSSL's own bio_read reads (see _membio.mem_data).
         pending = mem_data(tls._from_ssl, NULL)
         if self._held:
@@ -452,7 +493,8 @@ class LeanTLSServer(LeanServer):
         """The handshake completed: the writes held for it go now."""
         pending, self._app_buffer = self._app_buffer, ()
         for data in pending:
-            self.write(data)
+            # Written before any loseConnection(): not dropped by it.
+            self._encrypt(data)
         if self._app_buffer:
             return
         producer: Any = self.producer
@@ -505,22 +547,27 @@ class LeanTLSServer(LeanServer):
     def connectionLost(self, reason: Failure) -> None:
         if "protocol" not in self.__dict__:
             return  # reported once already
-        self._ending = True
+        self._ending = True  # from now on nothing is sent
         renewal, self._renewal = self._renewal, None
         if renewal is not None and renewal.active():
             renewal.cancel()
         tls = self._tls
-        if not self._tls_lost and tls is not None:
-            # Whatever the client sent last, and OpenSSL has, goes up first.
-            tls.bio_shutdown()
-            self._flush_receive()
+        try:
+            if not self._tls_lost and tls is not None:
+                # Whatever the client sent last, and OpenSSL has, goes up
+                # first (as Twisted's TLS layer does).
+                tls.bio_shutdown()
+                self._flush_receive()
+        finally:
+            # Even if the protocol raised just now: the socket is closed and
+            # the protocol told, once.
             self._tls_lost = True
-        reason = self._tls_reason or reason
-        self._tls_reason = None
-        LeanServer.connectionLost(self, reason)
-        if tls is not None:
-            tls.set_app_data(None)  # no cycle left through OpenSSL's object
-        self._tls = None
+            reason = self._tls_reason or reason
+            self._tls_reason = None
+            LeanServer.connectionLost(self, reason)
+            if tls is not None:
+                tls.set_app_data(None)  # no cycle left through OpenSSL's object
+            self._tls = None
 
     # -- memory: fresh BIOs once a burst has passed ----------------------------
 

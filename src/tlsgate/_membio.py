@@ -14,24 +14,27 @@ The stock layer also learns that a BIO is empty from an exception (a
 C{bio_read} or C{recv} raising C{WantReadError}), several times per
 connection; L{pending} asks the BIO instead.
 
-L{write_in}, L{read_out}, L{recv} and L{send} are pyOpenSSL's C{bio_write},
-C{bio_read}, C{recv} and C{send} for the gateway's TLS transport, which
-calls them a few times per connection: one Python call each instead of two
-(pyOpenSSL checks its callbacks' errors after every call, also when the call
-succeeded, and only a handshake runs callbacks), and a failure raises what
-pyOpenSSL raises, through its own error handling.
-
 pyOpenSSL has no public call for either: this uses its binding's
 C{BIO_get_mem_data}, C{BIO_new}, C{BIO_s_mem} and C{SSL_set_bio}, and the
 connection's private C{_ssl}, C{_into_ssl} and C{_from_ssl}. L{AVAILABLE}
 says whether they are there; without them L{pending} answers "unknown" (a
 large number: callers then read until OpenSSL says there is nothing, as the
 stock layer does) and L{renew} does nothing.
+
+L{write_in}, L{read_out}, L{recv} and L{send} are pyOpenSSL's C{bio_write},
+C{bio_read}, C{recv} and C{send} for the gateway's TLS transport, which
+calls them a few times per connection: one Python call each instead of two
+(pyOpenSSL checks its callbacks' errors after every call, also when the call
+succeeded; only a handshake runs callbacks, renegotiation being off), and a
+failure raises what pyOpenSSL raises, through its own error handling
+(L{DIRECT} says whether they can).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from OpenSSL.SSL import Connection as _Connection
 
 #: What L{pending} answers when it cannot tell.
 UNKNOWN = 1 << 30
@@ -57,12 +60,7 @@ try:
     _buffer = _ffi.buffer
     _from_buffer = _ffi.from_buffer
     _null = _ffi.NULL
-    from OpenSSL.SSL import Connection as _Connection
-
-    # Their error paths: what a failed call raises is pyOpenSSL's own.
-    AVAILABLE = hasattr(_Connection, "_raise_ssl_error") and hasattr(
-        _Connection, "_handle_bio_errors"
-    )
+    AVAILABLE = True
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
     AVAILABLE = False
 
@@ -70,6 +68,17 @@ except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
         return UNKNOWN
 
     _null = None
+
+
+#: Whether L{write_in}, L{read_out}, L{recv} and L{send} call OpenSSL
+#: directly: they need the binding and pyOpenSSL's own error handling, so
+#: that a failed call raises what pyOpenSSL raises. Otherwise they are
+#: pyOpenSSL's methods (and the BIOs are still renewed, with L{AVAILABLE}).
+DIRECT = (
+    AVAILABLE
+    and hasattr(_Connection, "_raise_ssl_error")
+    and hasattr(_Connection, "_handle_bio_errors")
+)
 
 #: C{mem_data(connection._from_ssl, NULL)}: L{pending}'s answer for L{FROM}
 #: without a Python call of its own, for the TLS layer's flush, which asks
@@ -124,7 +133,7 @@ def renew(connection: Any) -> bool:
 
 def write_in(connection: Any, data: bytes) -> None:
     """C{connection.bio_write(data)}: what the peer sent, for OpenSSL to read."""
-    if not AVAILABLE:
+    if not DIRECT:
         connection.bio_write(data)
         return
     into = connection._into_ssl
@@ -139,7 +148,7 @@ def read_out(connection: Any, size: int) -> bytes:
     at most what L{pending} said is there, so it does not fail for want of
     bytes).
     """
-    if not AVAILABLE:
+    if not DIRECT:
         return bytes(connection.bio_read(size))
     out = connection._from_ssl
     buf = _alloc("char[]", size)
@@ -155,7 +164,7 @@ def recv(connection: Any, size: int) -> bytes:
     C{connection.recv(size)}, after the handshake: decrypted bytes, or the
     exception pyOpenSSL raises (C{WantReadError}, C{ZeroReturnError}...).
     """
-    if not AVAILABLE:
+    if not DIRECT:
         return bytes(connection.recv(size))
     ssl = connection._ssl
     buf = _alloc("char[]", size)
@@ -168,7 +177,7 @@ def recv(connection: Any, size: int) -> bytes:
 
 def send(connection: Any, data: Any) -> int:
     """C{connection.send(data)}, after the handshake: how much OpenSSL took."""
-    if not AVAILABLE:
+    if not DIRECT:
         return int(connection.send(data))
     ssl = connection._ssl
     result = _ssl_write(ssl, _from_buffer(data), len(data))

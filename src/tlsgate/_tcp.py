@@ -35,8 +35,8 @@ never needs:
     C{SO_ERROR}; no connector, no address resolution, no C{callLater(0)},
     no Deferred chain.
 
-The gateway's listening ports accept L{LeanServer}s (L{use_lean_transports});
-the relay's backends given as C{tcp:IP:PORT} are dialled with L{LeanClient},
+The gateway's listening ports accept L{LeanServer}s (L{use_lean_transports}),
+or for TLS L{tlsgate._leantls.LeanTLSServer}s, TCP and TLS in one; the relay's backends given as C{tcp:IP:PORT} are dialled with L{LeanClient},
 and other backends' stock transports are switched to L{LeanDialledClient}.
 Embedders' ports (the C{tlsgate:} endpoint, L{tlsgate.TLSStack}) keep
 Twisted's stock transports.

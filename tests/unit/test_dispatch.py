@@ -111,3 +111,66 @@ def test_an_error_while_a_connection_is_lost_is_logged_and_the_batch_goes_on(
     failures = [e.get("log_failure") or e.get("failure") for e in events]
     assert any(f is not None and f.check(RuntimeError) for f in failures)
     good_peer.close()
+
+
+def test_writability_flushes_what_was_queued(reactor: EPollReactor) -> None:
+    _, transport, theirs = connected(reactor)
+    theirs.setblocking(False)
+    big = b"w" * (4 << 20)  # more than the socket takes at once: the rest queued
+    transport.write(big)
+    received = b""
+    for _ in range(10_000):
+        if len(received) == len(big):
+            break
+        try:
+            received += theirs.recv(1 << 20)
+        except BlockingIOError:
+            reactor.doIteration(0)  # a write event: doWrite sends more
+    assert received == big
+    theirs.close()
+
+
+def test_a_hang_up_on_a_socket_not_being_read_is_a_lost_connection(
+    reactor: EPollReactor,
+) -> None:
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    reasons: list[Any] = []
+
+    class Why(Recorder):
+        def connectionLost(self, reason: Any = None) -> None:
+            reasons.append(reason)
+
+    ours, theirs = socket.socketpair()
+    protocol = Why()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    transport.stopReading()
+    transport.startWriting()  # registered for writing only
+    theirs.close()
+    reactor.doIteration(0)
+    assert len(reasons) == 1
+    assert reasons[0].check(ConnectionLost) and not reasons[0].check(ConnectionDone)
+
+
+def test_a_descriptor_gone_from_under_its_transport_is_disconnected(
+    reactor: EPollReactor,
+) -> None:
+    from twisted.internet.error import ConnectionFdescWentAway
+
+    reasons: list[Any] = []
+
+    class Why(Recorder):
+        def connectionLost(self, reason: Any = None) -> None:
+            reasons.append(reason)
+
+    ours, theirs = socket.socketpair()
+    protocol = Why()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    theirs.sendall(b"x")
+    transport.fileno = lambda: -1  # type: ignore[method-assign]
+    reactor.doIteration(0)
+    assert len(reasons) == 1 and reasons[0].check(ConnectionFdescWentAway)
+    ours.close()
+    theirs.close()

@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     ISSLTransport,
     IStreamClientEndpoint,
@@ -331,16 +332,19 @@ class FusedConnection(Connection):
         for _ in range(10_000):
             reactor.advance(0)  # each turn starts with the calls now due
             event = False
-            if t in reactor.writers and self._ready(writing=True):
-                event = True
-                why = t.doWrite()
-                if why is not None:
-                    self._disconnect(why, is_read=False)
+            why = None
+            # As the epoll reactor: a read first, then a write unless the
+            # read ended the connection.
             if t in reactor.readers and self._ready(writing=False):
                 event = True
                 why = t.doRead()
                 if why is not None:
                     self._disconnect(why, is_read=True)
+            if why is None and t in reactor.writers and self._ready(writing=True):
+                event = True
+                why = t.doWrite()
+                if why is not None:
+                    self._disconnect(why, is_read=False)
             if not event:
                 return any_event
             any_event = True
@@ -350,7 +354,11 @@ class FusedConnection(Connection):
         """What the reactor's _disconnectSelectable does."""
         t = self.server
         self.clock.removeReader(t)
-        if is_read and isinstance(why, ConnectionDone):
+        if (
+            is_read
+            and isinstance(why, ConnectionDone)
+            and IHalfCloseableDescriptor.providedBy(t)
+        ):
             t.readConnectionLost(Failure(why))
         else:
             self.clock.removeWriter(t)

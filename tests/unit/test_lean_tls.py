@@ -14,6 +14,7 @@ import pytest
 import trustme
 from OpenSSL import SSL
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     INegotiated,
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 
 from tests.helpers import Reactor
 from tests.unit.test_half_close import BackendEndpoint, FusedConnection
@@ -69,20 +71,28 @@ def test_a_client_that_stops_reading_pauses_the_backend(fused: Any) -> None:
     fused.send(b"GET /big")
     backend = fused.backend.wire
     chunk = b"z" * 65536
+    fused.backend_writes = 0
     for _ in range(64):  # 4 MiB offered while the client reads nothing
         if backend.producerState == "paused":
             break
         fused.backend.protocol.dataReceived(chunk)
+        fused.backend_writes += 1
         fused.turn()
     assert backend.producerState == "paused"
+    offered = chunk * fused.backend_writes
     t = fused.server
     held = len(t.dataBuffer) - t.offset + t._tempDataLen
     assert held <= 2 * t.bufferSize + 65536 + 1024  # about one chunk past the mark
     received = b""
-    while backend.producerState == "paused":
+    for _ in range(1000):
+        if backend.producerState != "paused":
+            break
         fused.move()
         received += fused.read()[0]
     assert backend.producerState == "producing"  # resumed once drained
+    fused.move()
+    received += fused.read()[0]
+    assert received == offered  # all of it, in order
 
 
 def test_a_tls_error_after_the_handshake_ends_it_as_one(fused: Any) -> None:
@@ -169,9 +179,11 @@ def test_without_pyopenssls_internals_its_public_calls_serve(
     contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """L{tlsgate._membio}'s direct calls fall back to pyOpenSSL's methods."""
-    from tlsgate import _membio
+    from tlsgate import _leantls, _membio
 
     monkeypatch.setattr(_membio, "AVAILABLE", False)
+    monkeypatch.setattr(_membio, "DIRECT", False)
+    monkeypatch.setattr(_leantls, "mem_data", lambda bio, null: _membio.UNKNOWN)
     c = FusedConnection(contexts, ca)
     try:
         c.send(b"request")
@@ -183,5 +195,135 @@ def test_without_pyopenssls_internals_its_public_calls_serve(
         c.close_notify()
         c.tcp_closed()
         assert c.reason == CloseReason.BACKEND
+    finally:
+        c.close()
+
+
+class BannerThenClose(Banner):
+    """Says its piece before the handshake, and closes."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+def test_writes_held_for_the_handshake_are_not_dropped_by_a_close(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = FusedConnection(contexts, ca, app=Factory.forProtocol(BannerThenClose))
+    try:
+        assert c.read() == (b"220 ready\r\n", "close_notify")
+        c.close_notify()
+        c.tcp_closed()
+        assert c.reason == CloseReason.CLIENT
+    finally:
+        c.close()
+
+
+class Pulled(Protocol):
+    """Registers a pull producer once the handshake is done."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def connectionMade(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, False)  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        assert self.transport is not None
+        self.pulls += 1
+        self.transport.write(b"%d;" % self.pulls)
+        if self.pulls == 5:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def test_a_pull_producer_is_pulled_until_it_unregisters(
+    contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.internet import _producer_helpers
+    from twisted.internet.task import Cooperator
+
+    c = FusedConnection(contexts, ca, app=Factory.forProtocol(Pulled))
+    try:
+        steps = Cooperator(scheduler=lambda f: c.clock.callLater(0, f))
+        monkeypatch.setattr(_producer_helpers, "cooperate", steps.cooperate)
+        c.send(b"go")
+        for _ in range(20):
+            c.clock.advance(0)
+            c.move()
+        assert c.read() == (b"1;2;3;4;5;", None)
+        assert c.server.producer is None
+    finally:
+        c.close()
+
+
+class FailsAtTheEnd(Protocol):
+    """Raises on the client's FIN, or on the bytes that come with the end."""
+
+    def __init__(self) -> None:
+        self.lost: list[object] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"boom":
+            raise RuntimeError("the protocol failed")
+
+    def readConnectionLost(self) -> None:
+        raise RuntimeError("the protocol failed")
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.append(reason)
+
+
+def failing(contexts: ReloadingContextFactory, ca: trustme.CA) -> Any:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import directlyProvides
+
+    def build(addr: object) -> FailsAtTheEnd:
+        p = FailsAtTheEnd()
+        directlyProvides(p, IHalfCloseableProtocol)
+        return p
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    return FusedConnection(contexts, ca, app=factory)
+
+
+def test_a_protocol_failing_on_the_clients_fin_is_disconnected(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    c = failing(contexts, ca)
+    try:
+        app = c.tracked.wrapped
+        c.fin()  # its readConnectionLost raises: logged, and the end
+        assert c.server.disconnected
+        assert len(app.lost) == 1
+        assert c.stack.tracker.connections == set()
+    finally:
+        c.close()
+
+
+def test_a_protocol_failing_in_the_last_read_still_hears_the_end(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """A record left in the BIO reaches the protocol in connectionLost."""
+    from tlsgate import _membio
+
+    c = failing(contexts, ca)
+    try:
+        app = c.tracked.wrapped
+        c.tls.write(b"boom")
+        _membio.write_in(c.handle, c._out.read())  # in the BIO, not yet read
+        with pytest.raises(RuntimeError):
+            c.server.connectionLost(Failure(ConnectionDone()))
+        assert c.server.disconnected  # the socket is closed all the same
+        assert len(app.lost) == 1  # and the protocol told once
     finally:
         c.close()
