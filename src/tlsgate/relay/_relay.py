@@ -341,6 +341,14 @@ class _BackendFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> _BackendProtocol:
         return _BackendProtocol(self.client)
 
+    # One factory per connection, with nothing to start or stop: not the
+    # stock methods' count of ports and log check, twice per connection.
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
 
 def facts_of(transport: object) -> ConnectionFacts:
     """What a PROXY header says about the client connection under C{transport}."""
