@@ -43,27 +43,10 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from tlsgate import _membio
 from tlsgate._declarations import once_per_kind
-from tlsgate._membio import NULL, mem_data
+from tlsgate._membio import BURST, READ_SIZE, BIOUpkeep
 
 if TYPE_CHECKING:
     from tlsgate._leantls import LeanTLS
-
-#: One C{recv} takes up to this many decrypted bytes: several full records.
-READ_SIZE = 2**16
-
-#: One C{bio_read} takes up to this many encrypted bytes: a relay write
-#: (up to one backend read, 64 KiB) goes out as one socket write.
-SEND_SIZE = 2**17
-
-
-#: A BIO that held more than this many bytes is renewed once drained (see
-#: L{tlsgate._membio}): the first time right after the handshake, after that
-#: L{RENEW_AFTER} seconds after the burst, so that a bulk transfer does not
-#: regrow fresh BIOs for every chunk.
-BURST = 4096
-
-#: Seconds after a burst (past the handshake) before the BIOs are renewed.
-RENEW_AFTER = 1.0
 
 
 def can_half_close(transport: object) -> bool:
@@ -85,27 +68,21 @@ def _stock_declaration(protocol: TLSMemoryBIOProtocol, provided: Any) -> object:
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
+class HalfCloseTLSProtocol(BIOUpkeep, TLSMemoryBIOProtocol):
     """
-    C{TLSMemoryBIOProtocol} with half-close both ways (see the module).
-
-    @ivar read_closed: the client finished sending (close_notify or FIN).
-    @ivar write_closed: our close_notify went out while reading goes on.
+    C{TLSMemoryBIOProtocol} with half-close both ways (see the module;
+    L{BIOUpkeep} has the half-close flags, C{read_closed} and
+    C{write_closed}).
     """
 
-    read_closed = False
-    write_closed = False
-    _fin = False
-    _ending = False
-    #: A BIO grew past BURST since the last renewal (the handshake counts).
-    _grown = True
-    #: The BIOs were renewed after the handshake.
-    _settled = False
-    #: The delayed renewal after a later burst, while one is due.
-    _renewal: Any = None
-    #: Bytes OpenSSL wrote as the handshake completed (TLS 1.3 session
-    #: tickets), held back to leave with the next write.
-    _held = 0
+    def _send_records(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    @property
+    def _renewal_clock(self) -> Any:
+        # The factory's clock: the one Twisted's TLS factory keeps (its
+        # argument, or the reactor).
+        return self.factory._clock
 
     def makeConnection(self, transport: Any) -> None:
         # The stock method, except its loop of directlyProvides over the
@@ -142,42 +119,6 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
         if self._grown and self._handshakeDone:
             self._renew_bios()
 
-    # -- memory: fresh BIOs once a burst has passed ------------------------
-
-    def _renew_bios(self) -> None:
-        """Give back what the BIOs grew to (see L{tlsgate._membio})."""
-        if (
-            self._fin
-            or self.read_closed
-            or self.write_closed
-            or self._lostTLSConnection
-            or self._renewal is not None
-        ):
-            return  # an input BIO at EOF must stay; or a renewal is due
-        if not self._settled:
-            if _membio.renew(self._tlsConnection):
-                self._settled = True
-                self._grown = False
-            return
-        # The factory's clock: the one Twisted's TLS factory keeps (its
-        # argument, or the reactor).
-        self._renewal = self.factory._clock.callLater(RENEW_AFTER, self._renew_later)
-
-    def _renew_later(self) -> None:
-        self._renewal = None
-        if (
-            self._lostTLSConnection
-            or self.transport is None
-            or self._fin
-            or self.read_closed
-            or self.write_closed
-        ):
-            return  # gone, or an input BIO at EOF that must stay
-        if _membio.renew(self._tlsConnection):
-            self._grown = False
-        else:
-            self._renew_bios()  # bytes in flight: try again later
-
     # -- writing: all of a write's records in one socket write ---------------
 
     def _checkHandshakeStatus(self) -> None:
@@ -187,38 +128,9 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             not done
             and self._handshakeDone
             and not self._lostTLSConnection
-            and _membio.AVAILABLE
             and not getattr(self.factory, "is_client", True)
-            and self._tlsConnection.get_protocol_version_name() == "TLSv1.3"
         ):
-            # A TLS 1.3 server's last handshake output is its session
-            # tickets, which no client waits for: they leave with the first
-            # answer (one send, not two). TLS 1.2's last flight (its
-            # Finished) is waited for, and is never held.
-            held = _membio.pending(self._tlsConnection, _membio.FROM)
-            # UNKNOWN (pyOpenSSL's internals not as expected) would hold
-            # everything after it: then nothing is held.
-            self._held = held if 0 < held < _membio.UNKNOWN else 0
-
-    def _flushSendBIO(self) -> None:
-        tls, transport = self._tlsConnection, self.transport
-        # The BIO pyOpenSSL's own bio_read reads (see _membio.mem_data).
-        pending = mem_data(tls._from_ssl, NULL)
-        if self._held:
-            if pending <= self._held:
-                return  # only the tickets: they wait for the next write
-            self._held = 0  # more came (an alert, close_notify): all go now
-        if pending > BURST:
-            self._grown = True
-        while pending:
-            try:
-                data = tls.bio_read(min(pending, SEND_SIZE))
-            except WantReadError:
-                return
-            transport.write(data)  # type: ignore[union-attr]
-            pending -= len(data)
-            if pending <= 0:
-                pending = mem_data(tls._from_ssl, NULL)
+            self._hold_tickets()  # a server's TLS 1.3 tickets, for the first answer
 
     def _write(self, data: bytes) -> None:
         # The stock loop flushes the BIO after each 16 KiB record (a socket
@@ -335,9 +247,7 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ending = True
-        renewal, self._renewal = self._renewal, None
-        if renewal is not None and renewal.active():
-            renewal.cancel()
+        self._cancel_renewal()
         super().connectionLost(reason)
 
 

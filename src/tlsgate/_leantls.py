@@ -73,9 +73,16 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer_only
 
-from tlsgate import _membio
-from tlsgate._halfclose import BURST, READ_SIZE, RENEW_AFTER, SEND_SIZE
-from tlsgate._membio import NULL, mem_data, read_out, recv, send, write_in
+from tlsgate._membio import (
+    BURST,
+    NULL,
+    READ_SIZE,
+    BIOUpkeep,
+    mem_data,
+    recv,
+    send,
+    write_in,
+)
 from tlsgate._tcp import LeanServer, _Lean
 
 #: Makes the C{SSL.Connection} of one accepted connection (Twisted's TLS
@@ -115,21 +122,18 @@ class LeanTLS:
     IHalfCloseableDescriptor,
     ILoggingContext,
 )
-class LeanTLSServer(LeanServer):
+class LeanTLSServer(BIOUpkeep, LeanServer):
     """
-    An accepted TCP connection with its TLS server side (see the module).
-
-    @ivar read_closed: the client finished sending (close_notify or FIN).
-    @ivar write_closed: our close_notify went out while reading goes on.
+    An accepted TCP connection with its TLS server side (see the module;
+    L{BIOUpkeep} has the half-close flags, C{read_closed} and
+    C{write_closed}).
     """
 
-    read_closed = False
-    write_closed = False
     #: The handshake completed.
-    _handshake_done = False
+    _handshakeDone = False
     #: The TLS layer is finished (an error, or both close_notify alerts):
     #: nothing more is decrypted or encrypted.
-    _tls_lost = False
+    _lostTLSConnection = False
     #: The application called loseConnection() (close_notify once its
     #: producer and held writes are gone) or abortConnection(). (The TCP
     #: side's own flag is C{disconnecting}, set only when the socket is to
@@ -139,23 +143,12 @@ class LeanTLSServer(LeanServer):
     _app_aborted = False
     #: Why the TLS layer ended, when that, not the TCP close, is the reason.
     _tls_reason: Failure | None = None
-    #: The client's FIN was seen.
-    _fin = False
-    #: connectionLost is under way: nothing more is sent, and a close_notify
-    #: read now ends the connection instead of half-closing it.
-    _ending = False
-    #: A BIO grew past BURST since the last renewal (the handshake counts).
-    _grown = True
-    #: The BIOs were renewed after the handshake.
-    _settled = False
-    #: The delayed renewal after a later burst, while one is due.
-    _renewal: Any = None
-    #: Bytes OpenSSL wrote as a TLS 1.3 handshake completed (session
-    #: tickets), held back to leave with the next write.
-    _held = 0
     #: Application writes that OpenSSL could not take yet (before the
     #: handshake completed), sent once it has (a list only then).
     _app_buffer: Sequence[bytes] = ()
+
+    #: OpenSSL's output goes straight to the socket (the lean TCP write).
+    _send_records = _Lean.write
 
     def __init__(
         self,
@@ -173,12 +166,12 @@ class LeanTLSServer(LeanServer):
         # connection (the tracker tags it with the generation served), and
         # before the socket is registered with the reactor.
         try:
-            self._tls: Connection | None = creator(self)
+            self._tlsConnection: Connection | None = creator(self)
         except BaseException:
             sock.close()
             raise
         LeanServer.__init__(self, sock, protocol, client, server, sessionno, reactor)
-        self._clock = clock
+        self._renewal_clock = clock
 
     # -- what the application sees -------------------------------------------
 
@@ -193,16 +186,16 @@ class LeanTLSServer(LeanServer):
 
     def getHandle(self) -> Connection | None:  # type: ignore[override]
         """The C{SSL.Connection} (as Twisted's TLS layer answers), C{None} once lost."""
-        return self._tls
+        return self._tlsConnection
 
     def getPeerCertificate(self) -> Any:
-        tls = self._tls
+        tls = self._tlsConnection
         return tls.get_peer_certificate() if tls is not None else None
 
     @property
     def negotiatedProtocol(self) -> bytes | None:
         """The ALPN protocol, once negotiated (C{INegotiated})."""
-        tls = self._tls
+        tls = self._tlsConnection
         if tls is None:
             return None
         return tls.get_alpn_proto_negotiated() or None
@@ -216,10 +209,10 @@ class LeanTLSServer(LeanServer):
 
     def _encrypt(self, data: bytes) -> None:
         """Hand C{data} to OpenSSL and send the records it makes."""
-        if self._tls_lost or self._app_aborted:
+        if self._lostTLSConnection or self._app_aborted:
             return
         self._held = 0  # held tickets go first, in the same send
-        tls = self._tls
+        tls = self._tlsConnection
         assert tls is not None
         view = memoryview(data)
         while view:
@@ -227,15 +220,15 @@ class LeanTLSServer(LeanServer):
                 sent = send(tls, view)
             except WantReadError:
                 # Before the handshake completed: held until it has.
-                self._flush_send()
+                self._flushSendBIO()
                 self._buffer_write(view.tobytes())
                 return
             except Error:
                 self._tls_finished(Failure())
                 return
             view = view[sent:]
-        self._flush_send()
-        if self._grown and self._handshake_done:
+        self._flushSendBIO()
+        if self._grown and self._handshakeDone:
             self._renew_bios()
 
     def writeSequence(self, data: Any) -> None:
@@ -245,7 +238,7 @@ class LeanTLSServer(LeanServer):
         """close_notify once the producer and held writes are gone; TCP after."""
         if self._tls_closing or not self.connected or self.disconnecting:
             return
-        if not self._handshake_done and not self._app_buffer:
+        if not self._handshakeDone and not self._app_buffer:
             # OpenSSL would wait for the handshake before close_notify, and
             # nothing may be written any more: abort, as the stock layer does.
             self.abortConnection()
@@ -256,9 +249,9 @@ class LeanTLSServer(LeanServer):
 
     def loseWriteConnection(self) -> None:
         """Send close_notify and go on reading what the client sends."""
-        if self.write_closed or self._tls_closing or self._tls_lost:
+        if self.write_closed or self._tls_closing or self._lostTLSConnection:
             return
-        if self.read_closed or self._app_buffer or not self._handshake_done:
+        if self.read_closed or self._app_buffer or not self._handshakeDone:
             # Nothing left to read, or writes wait on a read: close outright.
             self.loseConnection()
             return
@@ -271,7 +264,7 @@ class LeanTLSServer(LeanServer):
         """Close at once; nothing more reaches the application."""
         self._app_aborted = True
         self._tls_closing = True
-        tls = self._tls
+        tls = self._tlsConnection
         if tls is not None:
             # Marked as shut down, as the stock layer does (OpenSSL then keeps
             # a resumable session); the close_notify it writes is not sent
@@ -281,7 +274,7 @@ class LeanTLSServer(LeanServer):
         tcp.Connection.abortConnection(self)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self._tls_lost:
+        if self._lostTLSConnection:
             producer.stopProducing()
             return
         # A pull producer is driven as a push one, as Twisted's TLS layer
@@ -299,7 +292,7 @@ class LeanTLSServer(LeanServer):
         if isinstance(producer, _PullToPush):
             producer.stopStreaming()
         abstract.FileDescriptor.unregisterProducer(self)
-        if self._tls_closing and not self._app_buffer and not self._tls_lost:
+        if self._tls_closing and not self._app_buffer and not self._lostTLSConnection:
             self._shutdown_tls()
 
     def stopProducing(self) -> None:
@@ -332,19 +325,19 @@ class LeanTLSServer(LeanServer):
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        if self.read_closed or self._tls_lost:
+        if self.read_closed or self._lostTLSConnection:
             # After close_notify nothing may come, and after a TLS error
             # nothing is read: not kept, so it cannot grow the BIO.
             return None
         if len(data) > BURST:
             self._grown = True
-        tls = self._tls
+        tls = self._tlsConnection
         assert tls is not None
         write_in(tls, data)
         finished = False
-        if not self._handshake_done:
+        if not self._handshakeDone:
             self._handshake()
-            if not self._handshake_done:
+            if not self._handshakeDone:
                 return None
             finished = True
         if self._app_buffer:
@@ -352,45 +345,37 @@ class LeanTLSServer(LeanServer):
         if finished and not mem_data(tls._into_ssl, NULL) and not tls.pending():
             # The client's last flight came alone: nothing to decrypt (a
             # recv() would only raise WantReadError to say so).
-            self._flush_send()
+            self._flushSendBIO()
         else:
             self._flush_receive()
-        if self._grown and self._handshake_done:
+        if self._grown and self._handshakeDone:
             self._renew_bios()
         return None
 
     def _handshake(self) -> None:
         if self._app_aborted:
             return
-        tls = self._tls
+        tls = self._tlsConnection
         assert tls is not None
         try:
             tls.do_handshake()
         except WantReadError:
-            self._flush_send()
+            self._flushSendBIO()
             return
         except Error:
             self._tls_finished(Failure())
             return
-        self._handshake_done = True
-        if _membio.AVAILABLE and tls.get_protocol_version_name() == "TLSv1.3":
-            # A TLS 1.3 server's last handshake output is its session
-            # tickets, which no client waits for: they leave with the first
-            # answer (one send, not two). TLS 1.2's last flight (its
-            # Finished) is waited for, and is never held.
-            held = _membio.pending(tls, _membio.FROM)
-            # UNKNOWN (pyOpenSSL's internals not as expected) would hold
-            # everything after it: then nothing is held.
-            self._held = held if 0 < held < _membio.UNKNOWN else 0
+        self._handshakeDone = True
+        self._hold_tickets()
         protocol = self.protocol
         if IHandshakeListener.providedBy(protocol):
             protocol.handshakeCompleted()
 
     def _flush_receive(self) -> None:
         """What OpenSSL can decrypt now, to the application; then what it wrote."""
-        tls = self._tls
+        tls = self._tlsConnection
         assert tls is not None
-        while not self._tls_lost and not self.read_closed:
+        while not self._lostTLSConnection and not self.read_closed:
             try:
                 data = recv(tls, READ_SIZE)
             except WantReadError:
@@ -406,7 +391,7 @@ class LeanTLSServer(LeanServer):
                 # each time) when neither OpenSSL nor its BIO holds more.
                 if not tls.pending() and not mem_data(tls._into_ssl, NULL):
                     break
-        self._flush_send()
+        self._flushSendBIO()
 
     def _peer_finished(self) -> None:
         """The client's stream ended cleanly: half-close, or end."""
@@ -438,10 +423,10 @@ class LeanTLSServer(LeanServer):
             self.connectionLost(Failure())
 
     def _client_fin(self) -> None:
-        if self._fin or self._tls_lost:
+        if self._fin or self._lostTLSConnection:
             return
         self._fin = True
-        if not self._handshake_done:
+        if not self._handshakeDone:
             # Nothing was relayed yet: end the connection.
             _Lean.loseConnection(self)
             return
@@ -449,39 +434,16 @@ class LeanTLSServer(LeanServer):
             if self.write_closed:
                 _Lean.loseConnection(self)
             return
-        tls = self._tls
+        tls = self._tlsConnection
         assert tls is not None
         tls.bio_shutdown()
         self._flush_receive()
-        if not self.read_closed and not self._tls_lost:
+        if not self.read_closed and not self._lostTLSConnection:
             # A FIN without close_notify (SSL_OP_IGNORE_UNEXPECTED_EOF makes
             # OpenSSL report it as a clean end): the same half-close.
             self._peer_finished()
 
     # -- writing -------------------------------------------------------------
-
-    def _flush_send(self) -> None:
-        """What OpenSSL wrote, to the socket: all of it in one send when it can."""
-        tls = self._tls
-        if tls is None or self._ending:
-            return  # the socket is going: what OpenSSL wrote is not sent
-        # The BIO pyOpenSSL's own bio_read reads (see _membio.mem_data).
-        pending = mem_data(tls._from_ssl, NULL)
-        if self._held:
-            if pending <= self._held:
-                return  # only the tickets: they wait for the next write
-            self._held = 0  # more came (an alert, close_notify): all go now
-        if pending > BURST:
-            self._grown = True
-        while pending:
-            try:
-                data = read_out(tls, min(pending, SEND_SIZE))
-            except WantReadError:
-                return
-            _Lean.write(self, data)
-            pending -= len(data)
-            if pending <= 0:
-                pending = mem_data(tls._from_ssl, NULL)
 
     def _buffer_write(self, data: bytes) -> None:
         self._app_buffer = [*self._app_buffer, data]
@@ -509,7 +471,7 @@ class LeanTLSServer(LeanServer):
 
     def _shutdown_tls(self) -> None:
         """Send close_notify (or answer the client's); TCP closes once both are."""
-        tls = self._tls
+        tls = self._tlsConnection
         if tls is None:
             return
         try:
@@ -517,7 +479,7 @@ class LeanTLSServer(LeanServer):
         except Error:
             # In the middle of the handshake OpenSSL may want to read first.
             done = False
-        self._flush_send()
+        self._flushSendBIO()
         if done:
             _Lean.loseConnection(self)
 
@@ -536,8 +498,8 @@ class LeanTLSServer(LeanServer):
                 reason = Failure(ConnectionLost())
         if self._tls_reason is None:
             self._tls_reason = reason
-        self._tls_lost = True
-        self._flush_send()
+        self._lostTLSConnection = True
+        self._flushSendBIO()
         if self.producer is not None:
             # Nothing the producer writes can be sent now: without it, the
             # TCP close does not wait for it.
@@ -548,12 +510,10 @@ class LeanTLSServer(LeanServer):
         if "protocol" not in self.__dict__:
             return  # reported once already
         self._ending = True  # from now on nothing is sent
-        renewal, self._renewal = self._renewal, None
-        if renewal is not None and renewal.active():
-            renewal.cancel()
-        tls = self._tls
+        self._cancel_renewal()
+        tls = self._tlsConnection
         try:
-            if not self._tls_lost and tls is not None:
+            if not self._lostTLSConnection and tls is not None:
                 # Whatever the client sent last, and OpenSSL has, goes up
                 # first (as Twisted's TLS layer does).
                 tls.bio_shutdown()
@@ -561,44 +521,10 @@ class LeanTLSServer(LeanServer):
         finally:
             # Even if the protocol raised just now: the socket is closed and
             # the protocol told, once.
-            self._tls_lost = True
+            self._lostTLSConnection = True
             reason = self._tls_reason or reason
             self._tls_reason = None
             LeanServer.connectionLost(self, reason)
             if tls is not None:
                 tls.set_app_data(None)  # no cycle left through OpenSSL's object
-            self._tls = None
-
-    # -- memory: fresh BIOs once a burst has passed ----------------------------
-
-    def _renew_bios(self) -> None:
-        """Give back what the BIOs grew to (see L{tlsgate._membio})."""
-        if (
-            self._fin
-            or self.read_closed
-            or self.write_closed
-            or self._tls_lost
-            or self._renewal is not None
-        ):
-            return  # an input BIO at EOF must stay; or a renewal is due
-        if not self._settled:
-            if _membio.renew(self._tls):
-                self._settled = True
-                self._grown = False
-            return
-        self._renewal = self._clock.callLater(RENEW_AFTER, self._renew_later)
-
-    def _renew_later(self) -> None:
-        self._renewal = None
-        if (
-            self._tls_lost
-            or not self.connected
-            or self._fin
-            or self.read_closed
-            or self.write_closed
-        ):
-            return  # gone, or an input BIO at EOF that must stay
-        if _membio.renew(self._tls):
-            self._grown = False
-        else:
-            self._renew_bios()  # bytes in flight: try again later
+            self._tlsConnection = None

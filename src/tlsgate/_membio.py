@@ -35,9 +35,26 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL.SSL import Connection as _Connection
+from OpenSSL.SSL import WantReadError
 
 #: What L{pending} answers when it cannot tell.
 UNKNOWN = 1 << 30
+
+#: One C{recv} takes up to this many decrypted bytes: several full records.
+READ_SIZE = 2**16
+
+#: One C{bio_read} takes up to this many encrypted bytes: a relay write
+#: (up to one backend read, 64 KiB) goes out as one socket write.
+SEND_SIZE = 2**17
+
+#: A BIO that held more than this many bytes is renewed once drained: the
+#: first time right after the handshake, after that L{RENEW_AFTER} seconds
+#: after the burst, so that a bulk transfer does not regrow fresh BIOs for
+#: every chunk.
+BURST = 4096
+
+#: Seconds after a burst (past the handshake) before the BIOs are renewed.
+RENEW_AFTER = 1.0
 
 #: The BIO that holds what the peer sent, not yet read by OpenSSL.
 INTO = "_into_ssl"
@@ -184,3 +201,119 @@ def send(connection: Any, data: Any) -> int:
     if result <= 0:
         connection._raise_ssl_error(ssl, result)
     return int(result)
+
+
+class BIOUpkeep:
+    """
+    What both of tlsgate's TLS server sides do with the BIOs of their
+    C{_tlsConnection}: Twisted's layer as L{tlsgate._halfclose} changes it
+    (the embeddable one) and the gateway's own transport
+    (L{tlsgate._leantls}). They send all that OpenSSL wrote in as few
+    writes as they can, keep a TLS 1.3 server's session tickets for the
+    first answer, and renew the BIOs once a burst has passed.
+
+    A class using it provides C{_send_records(data)} (where OpenSSL's output
+    goes), C{_renewal_clock} (an C{IReactorTime}), C{_tlsConnection} and
+    C{_lostTLSConnection} (Twisted's names), and sets the flags below.
+
+    @ivar read_closed: the client finished sending (close_notify or FIN).
+    @ivar write_closed: our close_notify went out while reading goes on.
+    """
+
+    _tlsConnection: Any
+    _lostTLSConnection: bool
+    _renewal_clock: Any
+
+    read_closed = False
+    write_closed = False
+    #: The client's FIN was seen.
+    _fin = False
+    #: connectionLost is under way: nothing more is sent, and a close_notify
+    #: read now ends the connection instead of half-closing it.
+    _ending = False
+    #: A BIO grew past BURST since the last renewal (the handshake counts).
+    _grown = True
+    #: The BIOs were renewed after the handshake.
+    _settled = False
+    #: The delayed renewal after a later burst, while one is due.
+    _renewal: Any = None
+    #: Bytes OpenSSL wrote as a TLS 1.3 handshake completed (session
+    #: tickets), held back to leave with the next write.
+    _held = 0
+
+    def _send_records(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _hold_tickets(self) -> None:
+        """
+        The handshake just completed. A TLS 1.3 server's last handshake
+        output is its session tickets, which no client waits for: they leave
+        with the first answer (one send, not two). TLS 1.2's last flight (its
+        Finished) is waited for, and is never held.
+        """
+        tls = self._tlsConnection
+        if AVAILABLE and tls.get_protocol_version_name() == "TLSv1.3":
+            held = pending(tls, FROM)
+            # UNKNOWN (pyOpenSSL's internals not as expected) would hold
+            # everything after it: then nothing is held.
+            self._held = held if 0 < held < UNKNOWN else 0
+
+    def _flushSendBIO(self) -> None:
+        """What OpenSSL wrote, to the peer: all of it in one write when it can."""
+        tls = self._tlsConnection
+        if tls is None or self._ending:
+            return  # the connection is going: what OpenSSL wrote is not sent
+        # The BIO pyOpenSSL's own bio_read reads (see mem_data).
+        waiting = mem_data(tls._from_ssl, NULL)
+        if self._held:
+            if waiting <= self._held:
+                return  # only the tickets: they wait for the next write
+            self._held = 0  # more came (an alert, close_notify): all go now
+        if waiting > BURST:
+            self._grown = True
+        while waiting:
+            try:
+                data = read_out(tls, min(waiting, SEND_SIZE))
+            except WantReadError:
+                return
+            self._send_records(data)
+            waiting -= len(data)
+            if waiting <= 0:
+                waiting = mem_data(tls._from_ssl, NULL)
+
+    def _renew_bios(self) -> None:
+        """Give back what the BIOs grew to (see the module)."""
+        if (
+            self._fin
+            or self.read_closed
+            or self.write_closed
+            or self._lostTLSConnection
+            or self._renewal is not None
+        ):
+            return  # an input BIO at EOF must stay; or a renewal is due
+        if not self._settled:
+            if renew(self._tlsConnection):
+                self._settled = True
+                self._grown = False
+            return
+        self._renewal = self._renewal_clock.callLater(RENEW_AFTER, self._renew_later)
+
+    def _renew_later(self) -> None:
+        self._renewal = None
+        if (
+            self._lostTLSConnection
+            or self._fin
+            or self.read_closed
+            or self.write_closed
+        ):
+            return  # gone, or an input BIO at EOF that must stay
+        if renew(self._tlsConnection):
+            self._grown = False
+        else:
+            self._renew_bios()  # bytes in flight: try again later
+
+    def _cancel_renewal(self) -> None:
+        """The connection ends: no renewal is due any more."""
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None and renewal.active():
+            renewal.cancel()

@@ -24,6 +24,7 @@ class Recorder(Protocol):
     def __init__(self) -> None:
         self.data = b""
         self.lost = False
+        self.reasons: list[Any] = []
 
     def dataReceived(self, data: bytes) -> None:
         if data == b"boom":
@@ -32,6 +33,7 @@ class Recorder(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
+        self.reasons.append(reason)
 
 
 @pytest.fixture
@@ -135,22 +137,13 @@ def test_a_hang_up_on_a_socket_not_being_read_is_a_lost_connection(
 ) -> None:
     from twisted.internet.error import ConnectionDone, ConnectionLost
 
-    reasons: list[Any] = []
-
-    class Why(Recorder):
-        def connectionLost(self, reason: Any = None) -> None:
-            reasons.append(reason)
-
-    ours, theirs = socket.socketpair()
-    protocol = Why()
-    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
-    protocol.makeConnection(transport)
+    protocol, transport, theirs = connected(reactor)
     transport.stopReading()
     transport.startWriting()  # registered for writing only
     theirs.close()
     reactor.doIteration(0)
-    assert len(reasons) == 1
-    assert reasons[0].check(ConnectionLost) and not reasons[0].check(ConnectionDone)
+    [reason] = protocol.reasons
+    assert reason.check(ConnectionLost) and not reason.check(ConnectionDone)
 
 
 def test_a_descriptor_gone_from_under_its_transport_is_disconnected(
@@ -158,19 +151,12 @@ def test_a_descriptor_gone_from_under_its_transport_is_disconnected(
 ) -> None:
     from twisted.internet.error import ConnectionFdescWentAway
 
-    reasons: list[Any] = []
-
-    class Why(Recorder):
-        def connectionLost(self, reason: Any = None) -> None:
-            reasons.append(reason)
-
-    ours, theirs = socket.socketpair()
-    protocol = Why()
-    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
-    protocol.makeConnection(transport)
+    protocol, transport, theirs = connected(reactor)
     theirs.sendall(b"x")
+    ours = transport.socket
     transport.fileno = lambda: -1  # type: ignore[method-assign]
     reactor.doIteration(0)
-    assert len(reasons) == 1 and reasons[0].check(ConnectionFdescWentAway)
+    [reason] = protocol.reasons
+    assert reason.check(ConnectionFdescWentAway)
     ours.close()
     theirs.close()

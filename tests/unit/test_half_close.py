@@ -35,7 +35,7 @@ from zope.interface import implementer, providedBy
 
 from tests.helpers import Reactor
 from tlsgate._assembly import TLSStack
-from tlsgate._halfclose import SEND_SIZE
+from tlsgate._membio import SEND_SIZE
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import CloseReason, Limits
@@ -190,7 +190,7 @@ class Connection:
 
     @property
     def handle(self) -> Any:
-        """The server's C{SSL.Connection}."""
+        """The server's C{SSL.Connection} (both sides keep Twisted's name)."""
         return self.server._tlsConnection
 
     @property
@@ -417,14 +417,6 @@ class FusedConnection(Connection):
         self.clock.advance(0)  # the close (or abort) due at the next turn
         self.turn()
         assert self.server.disconnected
-
-    @property
-    def handle(self) -> Any:
-        return self.server._tls
-
-    @property
-    def held(self) -> int:
-        return int(self.server._held)
 
     def close(self) -> None:
         self.theirs.close()

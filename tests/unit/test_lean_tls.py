@@ -7,7 +7,9 @@ backpressure, and the mutual-TLS callback's way to the tracker.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,11 +37,22 @@ from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import CloseReason, Limits
 
 
+@contextlib.contextmanager
+def connection(
+    contexts: ReloadingContextFactory, ca: trustme.CA, **options: Any
+) -> Iterator[Any]:
+    """A L{FusedConnection}, its sockets closed afterwards."""
+    c = FusedConnection(contexts, ca, **options)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 @pytest.fixture
-def fused(contexts: ReloadingContextFactory, ca: trustme.CA) -> Any:
-    c = FusedConnection(contexts, ca)
-    yield c
-    c.close()
+def fused(contexts: ReloadingContextFactory, ca: trustme.CA) -> Iterator[Any]:
+    with connection(contexts, ca) as c:
+        yield c
 
 
 def test_it_declares_a_tls_transport_that_cannot_start_tls_again(fused: Any) -> None:
@@ -154,25 +167,19 @@ class Banner(Protocol):
 def test_writes_before_the_handshake_leave_once_it_completes(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    c = FusedConnection(contexts, ca, app=Factory.forProtocol(Banner))
-    try:
+    with connection(contexts, ca, app=Factory.forProtocol(Banner)) as c:
         assert c.read() == (b"220 ready\r\n", None)
-    finally:
-        c.close()
 
 
 def test_a_close_before_the_handshake_is_an_abort(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    c = FusedConnection(contexts, ca, handshake=False)
-    try:
+    with connection(contexts, ca, handshake=False) as c:
         c.tracked.loseConnection()
         assert c.aborted
         c.lost()
         assert c.reason == CloseReason.CLIENT
         assert c.stack.tracker.handshakes_failed == 1
-    finally:
-        c.close()
 
 
 def test_without_pyopenssls_internals_its_public_calls_serve(
@@ -184,8 +191,7 @@ def test_without_pyopenssls_internals_its_public_calls_serve(
     monkeypatch.setattr(_membio, "AVAILABLE", False)
     monkeypatch.setattr(_membio, "DIRECT", False)
     monkeypatch.setattr(_leantls, "mem_data", lambda bio, null: _membio.UNKNOWN)
-    c = FusedConnection(contexts, ca)
-    try:
+    with connection(contexts, ca) as c:
         c.send(b"request")
         assert c.backend.wire.value() == b"request"
         c.backend.protocol.dataReceived(b"answer" * 10_000)
@@ -195,8 +201,6 @@ def test_without_pyopenssls_internals_its_public_calls_serve(
         c.close_notify()
         c.tcp_closed()
         assert c.reason == CloseReason.BACKEND
-    finally:
-        c.close()
 
 
 class BannerThenClose(Banner):
@@ -211,14 +215,11 @@ class BannerThenClose(Banner):
 def test_writes_held_for_the_handshake_are_not_dropped_by_a_close(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    c = FusedConnection(contexts, ca, app=Factory.forProtocol(BannerThenClose))
-    try:
+    with connection(contexts, ca, app=Factory.forProtocol(BannerThenClose)) as c:
         assert c.read() == (b"220 ready\r\n", "close_notify")
         c.close_notify()
         c.tcp_closed()
         assert c.reason == CloseReason.CLIENT
-    finally:
-        c.close()
 
 
 class Pulled(Protocol):
@@ -251,8 +252,7 @@ def test_a_pull_producer_is_pulled_until_it_unregisters(
     from twisted.internet import _producer_helpers
     from twisted.internet.task import Cooperator
 
-    c = FusedConnection(contexts, ca, app=Factory.forProtocol(Pulled))
-    try:
+    with connection(contexts, ca, app=Factory.forProtocol(Pulled)) as c:
         steps = Cooperator(scheduler=lambda f: c.clock.callLater(0, f))
         monkeypatch.setattr(_producer_helpers, "cooperate", steps.cooperate)
         c.send(b"go")
@@ -261,8 +261,6 @@ def test_a_pull_producer_is_pulled_until_it_unregisters(
             c.move()
         assert c.read() == (b"1;2;3;4;5;", None)
         assert c.server.producer is None
-    finally:
-        c.close()
 
 
 class FailsAtTheEnd(Protocol):
@@ -282,7 +280,9 @@ class FailsAtTheEnd(Protocol):
         self.lost.append(reason)
 
 
-def failing(contexts: ReloadingContextFactory, ca: trustme.CA) -> Any:
+def failing(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> contextlib.AbstractContextManager[Any]:
     from twisted.internet.interfaces import IHalfCloseableProtocol
     from zope.interface import directlyProvides
 
@@ -293,21 +293,18 @@ def failing(contexts: ReloadingContextFactory, ca: trustme.CA) -> Any:
 
     factory = Factory()
     factory.buildProtocol = build  # type: ignore[method-assign]
-    return FusedConnection(contexts, ca, app=factory)
+    return connection(contexts, ca, app=factory)
 
 
 def test_a_protocol_failing_on_the_clients_fin_is_disconnected(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    c = failing(contexts, ca)
-    try:
+    with failing(contexts, ca) as c:
         app = c.tracked.wrapped
         c.fin()  # its readConnectionLost raises: logged, and the end
         assert c.server.disconnected
         assert len(app.lost) == 1
         assert c.stack.tracker.connections == set()
-    finally:
-        c.close()
 
 
 def test_a_protocol_failing_in_the_last_read_still_hears_the_end(
@@ -316,8 +313,7 @@ def test_a_protocol_failing_in_the_last_read_still_hears_the_end(
     """A record left in the BIO reaches the protocol in connectionLost."""
     from tlsgate import _membio
 
-    c = failing(contexts, ca)
-    try:
+    with failing(contexts, ca) as c:
         app = c.tracked.wrapped
         c.tls.write(b"boom")
         _membio.write_in(c.handle, c._out.read())  # in the BIO, not yet read
@@ -325,5 +321,3 @@ def test_a_protocol_failing_in_the_last_read_still_hears_the_end(
             c.server.connectionLost(Failure(ConnectionDone()))
         assert c.server.disconnected  # the socket is closed all the same
         assert len(app.lost) == 1  # and the protocol told once
-    finally:
-        c.close()
