@@ -306,8 +306,10 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
         """
         What we produce for is gone (the backend closed): close, with
         close_notify. (Under Twisted's TLS layer this reached the TCP
-        transport, which closed without one.) The tracker bounds the wait
-        for the client's answer with C{close_grace}.
+        transport, which closed without one.) The wait for the client's
+        answer is bounded as every close's is: the relay closes through the
+        tracker right after, which aborts after C{close_grace}, and the idle
+        and lifetime limits hold meanwhile.
         """
         self.loseConnection()
 
