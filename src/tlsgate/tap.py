@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from tlsgate._heap import settle_when_running
 from tlsgate._reconfigure import reconfigure
 from tlsgate._sdnotify import SystemdNotifier
 from tlsgate._signals import install_stop_handlers
@@ -84,6 +85,7 @@ def makeService(options: dict[str, Any] | Options) -> IService:
     if notifier is not None:
         gateway.notifier = notifier
     install_stop_handlers(reactor, hangup=lambda: reload_config(gateway, path, reactor))
+    settle_when_running(reactor)
     return service
 
 

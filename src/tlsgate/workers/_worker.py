@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from tlsgate._assembly import Certificates
 from tlsgate._gateway import GatewayService
+from tlsgate._heap import settle_when_running
 from tlsgate.config import ListenerConfig
 from tlsgate.tracker import SharedCounts
 from tlsgate.workers._process import die_with_parent
@@ -366,6 +367,7 @@ def serve(
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's job
 
     reactor.callWhenRunning(install)
+    settle_when_running(reactor)
 
     def control() -> WorkerControl:
         protocol = WorkerControl(worker)
