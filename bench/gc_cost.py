@@ -17,12 +17,8 @@ so its time is a latency spike as well as CPU. Not a test and not run in CI.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import gc
-import ssl
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,26 +41,10 @@ def main() -> int:
     from twisted.internet import epollreactor
 
     epollreactor.install()
-    from twisted.internet import reactor
-
     from tlsgate import tap
 
-    work = Path(tempfile.mkdtemp(prefix="tlsgate-gc."))
-    cert, key = instructions.make_certificate(work)
-    backend = instructions.Server(("127.0.0.1", 0), instructions.Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    port = instructions.free_port()
-    ini = work / "gateway.ini"
-    ini.write_text(
-        "[listener:bench]\n"
-        f"listen = tcp:{port}:interface=127.0.0.1\n"
-        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
-        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
-    )
     if a.no_settle:
         tap.settle_when_running = lambda reactor: None  # type: ignore[assignment]
-    # makeService settles the heap once the reactor runs, as under twistd.
-    tap.makeService({"config": str(ini)}).startService()
 
     spent: dict[int, list[float]] = {0: [], 1: [], 2: []}
     began = [0.0]
@@ -75,30 +55,13 @@ def main() -> int:
         else:
             spent[info["generation"]].append(time.perf_counter() - began[0])
 
-    def clients() -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        try:
-            for _ in range(30):
-                instructions.one_connection(port, ctx)
-            gc.callbacks.append(timed)
-            with concurrent.futures.ThreadPoolExecutor(a.concurrency) as pool:
-                list(
-                    pool.map(
-                        lambda _: instructions.one_connection(port, ctx),
-                        range(a.connections),
-                    )
-                )
-            gc.callbacks.remove(timed)
-        finally:
-            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
-
-    reactor.callWhenRunning(  # type: ignore[attr-defined]
-        threading.Thread(target=clients, daemon=True).start
+    # makeService settles the heap once the reactor runs, as under twistd.
+    instructions.in_process(
+        a.connections,
+        a.concurrency,
+        lambda: gc.callbacks.append(timed),
+        lambda: gc.callbacks.remove(timed),
     )
-    reactor.run()  # type: ignore[attr-defined]
-    backend.shutdown()
 
     n = a.connections
     print(

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,67 @@ def one_connection(port: int, ctx: ssl.SSLContext) -> None:
 #: What else can be counted in the gateway's place: bench/floor_relay.py's
 #: floors (their arguments), for how far tlsgate is from a featureless relay.
 FLOORS = {"floor": [], "floor-socket-bio": ["--socket-bio"], "twfloor": ["--twisted"]}
+
+
+def in_process(
+    connections: int,
+    concurrency: int,
+    start: Callable[[], object],
+    stop: Callable[[], object],
+) -> None:
+    """
+    Load this tree's gateway, run in this process on the installed reactor
+    (C{tlsgate.tap.makeService}, as twistd builds it; C{session_resumption =
+    off}) in front of a loopback backend: after 30 warm-up connections,
+    C{start()} is called in the reactor's thread, C{connections} connections
+    (a full handshake and one C{GET} each) come from C{concurrency} client
+    threads, then C{stop()} is called in the reactor's thread. Returns once
+    the reactor stopped. For bench/opcodes.py and bench/gc_cost.py.
+    """
+    import concurrent.futures
+
+    from twisted.internet import reactor
+
+    from tlsgate import tap
+
+    work = Path(tempfile.mkdtemp(prefix="tlsgate-in-process."))
+    cert, key = make_certificate(work)
+    backend = Server(("127.0.0.1", 0), Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = free_port()
+    ini = work / "gateway.ini"
+    ini.write_text(
+        "[listener:bench]\n"
+        f"listen = tcp:{port}:interface=127.0.0.1\n"
+        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
+        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
+    )
+    tap.makeService({"config": str(ini)}).startService()
+
+    def in_reactor(call: Callable[[], object]) -> None:
+        done = threading.Event()
+        reactor.callFromThread(lambda: (call(), done.set()))  # type: ignore[attr-defined]
+        done.wait()
+
+    def clients() -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            for _ in range(30):
+                one_connection(port, ctx)
+            in_reactor(start)
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(lambda _: one_connection(port, ctx), range(connections)))
+            in_reactor(stop)
+        finally:
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(  # type: ignore[attr-defined]
+        threading.Thread(target=clients, daemon=True).start
+    )
+    reactor.run()  # type: ignore[attr-defined]
+    backend.shutdown()
 
 
 def count(

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
-import ssl
 import sys
-import tempfile
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -60,25 +56,6 @@ def main() -> int:
                    " name (its caller and the caller's caller)")  # fmt: skip
     a = p.parse_args()
 
-    from twisted.internet import reactor
-
-    from tlsgate.tap import makeService
-
-    work = Path(tempfile.mkdtemp(prefix="tlsgate-opcodes."))
-    cert, key = instructions.make_certificate(work)
-    backend = instructions.Server(("127.0.0.1", 0), instructions.Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    port = instructions.free_port()
-    ini = work / "gateway.ini"
-    ini.write_text(
-        "[listener:bench]\n"
-        f"listen = tcp:{port}:interface=127.0.0.1\n"
-        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
-        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
-    )
-    service = makeService({"config": str(ini)})
-    service.startService()
-
     opcodes: collections.Counter[tuple[str, str]] = collections.Counter()
     calls: collections.Counter[tuple[str, str]] = collections.Counter()
     callers: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -97,35 +74,12 @@ def main() -> int:
             opcodes[where] += 1
         return trace
 
-    def in_reactor(call: Any) -> None:
-        done = threading.Event()
-        reactor.callFromThread(lambda: (call(), done.set()))  # type: ignore[attr-defined]
-        done.wait()
-
-    def clients() -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        try:
-            for _ in range(30):
-                instructions.one_connection(port, ctx)
-            in_reactor(lambda: sys.settrace(trace))
-            with concurrent.futures.ThreadPoolExecutor(a.concurrency) as pool:
-                list(
-                    pool.map(
-                        lambda _: instructions.one_connection(port, ctx),
-                        range(a.connections),
-                    )
-                )
-            in_reactor(lambda: sys.settrace(None))
-        finally:
-            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
-
-    reactor.callWhenRunning(  # type: ignore[attr-defined]
-        threading.Thread(target=clients, daemon=True).start
+    instructions.in_process(
+        a.connections,
+        a.concurrency,
+        lambda: sys.settrace(trace),
+        lambda: sys.settrace(None),
     )
-    reactor.run()  # type: ignore[attr-defined]
-    backend.shutdown()
 
     n = a.connections
     print(
