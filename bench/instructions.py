@@ -102,6 +102,26 @@ def one_connection(port: int, ctx: ssl.SSLContext) -> None:
 FLOORS = {"floor": [], "floor-socket-bio": ["--socket-bio"], "twfloor": ["--twisted"]}
 
 
+def setting(workdir: Path) -> tuple[Server, int, Path, Path, Path]:
+    """
+    A loopback backend (serving, in a thread), a free port, a certificate and
+    key, and a gateway config in C{workdir} that relays that port to that
+    backend with C{session_resumption = off}.
+    """
+    cert, key = make_certificate(workdir)
+    backend = Server(("127.0.0.1", 0), Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = free_port()
+    ini = workdir / "gateway.ini"
+    ini.write_text(
+        "[listener:bench]\n"
+        f"listen = tcp:{port}:interface=127.0.0.1\n"
+        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
+        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
+    )
+    return backend, port, cert, key, ini
+
+
 def in_process(
     connections: int,
     concurrency: int,
@@ -124,17 +144,7 @@ def in_process(
     from tlsgate import tap
 
     work = Path(tempfile.mkdtemp(prefix="tlsgate-in-process."))
-    cert, key = make_certificate(work)
-    backend = Server(("127.0.0.1", 0), Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    port = free_port()
-    ini = work / "gateway.ini"
-    ini.write_text(
-        "[listener:bench]\n"
-        f"listen = tcp:{port}:interface=127.0.0.1\n"
-        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
-        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
-    )
+    backend, port, _, _, ini = setting(work)
     tap.makeService({"config": str(ini)}).startService()
 
     def in_reactor(call: Callable[[], object]) -> None:
@@ -170,17 +180,7 @@ def count(
     Instructions of the gateway of C{tree} (or of the floor C{server} names,
     L{FLOORS}) over C{connections} connections.
     """
-    cert, key = make_certificate(workdir)
-    backend = Server(("127.0.0.1", 0), Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    port = free_port()
-    ini = workdir / "gateway.ini"
-    ini.write_text(
-        "[listener:bench]\n"
-        f"listen = tcp:{port}:interface=127.0.0.1\n"
-        f"backend = tcp:127.0.0.1:{backend.server_address[1]}\n"
-        f"cert = {cert}\nkey = {key}\nsession_resumption = off\n"
-    )
+    backend, port, cert, key, ini = setting(workdir)
     out = workdir / "callgrind.out"
     pidfile = workdir / "twistd.pid"
     twistd = Path(sys.executable).with_name("twistd")
