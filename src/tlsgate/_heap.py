@@ -15,6 +15,11 @@ so a full collection walks only what connections made since.
 L{settle_when_running} is called by the twistd plugin for a one-process
 gateway and by each worker, never by the embeddable parts: an embedder's
 heap is the embedder's business.
+
+The price: what start-up made and a later config reload drops is freed by
+reference counting as before, but what of it sits in a reference cycle is
+never collected. That is bounded and happens once (what a reload makes is
+not frozen): at most the first config's listener stacks.
 """
 
 from __future__ import annotations
