@@ -21,7 +21,7 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsgate._halfclose import HalfCloseTLSFactory
-from tlsgate._leantls import LeanTLS, LeanTLSServer
+from tlsgate._leantls import LeanTLS
 from tlsgate.certs import ClientAuth, OcspStaple, ReloadingContextFactory
 from tlsgate.config import ListenerConfig
 from tlsgate.sni import SniDirectory, install_servername_callback
@@ -116,7 +116,7 @@ def tls_over(
     factory = HalfCloseTLSFactory(contexts, False, tracker, clock=clock)
     # The gateway's own ports (tlsgate._tcp.LeanPort) accept each connection
     # as one object doing TCP and TLS; any other port uses the factory.
-    factory.lean_tls = LeanTLS(factory._creatorCallable, tracker, clock, LeanTLSServer)
+    factory.lean_tls = LeanTLS(factory._creatorCallable, tracker, clock)
     return factory
 
 

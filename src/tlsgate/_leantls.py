@@ -114,8 +114,20 @@ class LeanTLS:
     factory: IProtocolFactory
     #: The clock of the BIO renewals (the TLS factory's).
     clock: IReactorTime
-    #: The transport class.
-    transport: type[LeanTLSServer]
+
+    def transport(
+        self,
+        sock: Any,
+        protocol: IProtocol,
+        client: tuple[Any, ...],
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+    ) -> LeanTLSServer:
+        """One accepted connection's transport: a port's C{transport(...)} call."""
+        return LeanTLSServer(
+            sock, protocol, client, server, sessionno, reactor, self.creator, self.clock
+        )
 
 
 @implementer_only(

@@ -36,8 +36,9 @@ never needs:
     no Deferred chain.
 
 The gateway's listening ports accept L{LeanServer}s (L{use_lean_transports}),
-or for TLS L{tlsgate._leantls.LeanTLSServer}s, TCP and TLS in one; the relay's backends given as C{tcp:IP:PORT} are dialled with L{LeanClient},
-and other backends' stock transports are switched to L{LeanDialledClient}.
+or for TLS L{tlsgate._leantls.LeanTLSServer}s, TCP and TLS in one; the
+relay's backends given as C{tcp:IP:PORT} are dialled with L{LeanClient}, and
+other backends' stock transports are switched to L{LeanDialledClient}.
 Embedders' ports (the C{tlsgate:} endpoint, L{tlsgate.TLSStack}) keep
 Twisted's stock transports.
 """
@@ -299,6 +300,8 @@ class LeanPort(tcp.Port):
         # listeners, tlsgate._leantls): each connection is one transport
         # doing TCP and TLS, around the tracker's protocol.
         tls: Any = getattr(factory, "lean_tls", None)
+        build = (factory if tls is None else tls.factory).buildProtocol
+        transport = self.transport if tls is None else tls.transport
         limit = self.numberAccepts
         accepted = 0
         try:
@@ -320,31 +323,15 @@ class LeanPort(tcp.Port):
                         addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
                     )
                     addr = (host[0], *addr[1:])
-                address = self._buildAddr(addr)
-                protocol = (factory if tls is None else tls.factory).buildProtocol(
-                    address
-                )
+                protocol = build(self._buildAddr(addr))
                 if protocol is None:
                     skt.close()
                     continue
                 s = self.sessionno
                 self.sessionno = s + 1
-                if tls is None:
-                    transport = self.transport(
-                        skt, protocol, addr, self, s, self.reactor
-                    )
-                else:
-                    transport = tls.transport(
-                        skt,
-                        protocol,
-                        addr,
-                        self,
-                        s,
-                        self.reactor,
-                        tls.creator,
-                        tls.clock,
-                    )
-                protocol.makeConnection(transport)
+                protocol.makeConnection(
+                    transport(skt, protocol, addr, self, s, self.reactor)
+                )
             # The stock loop's scaling: more next time after a full batch,
             # else no more than were there.
             if accepted == limit:

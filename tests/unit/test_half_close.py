@@ -313,9 +313,8 @@ class FusedConnection(Connection):
         self.eof = False
         self.tracked: Any = lean.factory.buildProtocol(CLIENT)
         self.server = lean.transport(
-            self.socket, self.tracked, (CLIENT.host, CLIENT.port), None, 0,
-            self.clock, lean.creator, lean.clock,
-        )  # fmt: skip
+            self.socket, self.tracked, (CLIENT.host, CLIENT.port), None, 0, self.clock
+        )
         self.server._no_delay = True  # as if inherited from a TCP listener
         self.tracked.makeConnection(self.server)
 
