@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from OpenSSL.SSL import ZeroReturnError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
@@ -41,9 +41,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from tlsgate import _membio
 from tlsgate._declarations import once_per_kind
-from tlsgate._membio import BURST, READ_SIZE, BIOUpkeep
+from tlsgate._membio import BURST
+from tlsgate._tlscore import TLSServerCore
 
 if TYPE_CHECKING:
     from tlsgate._leantls import LeanTLS
@@ -68,15 +68,23 @@ def _stock_declaration(protocol: TLSMemoryBIOProtocol, provided: Any) -> object:
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseTLSProtocol(BIOUpkeep, TLSMemoryBIOProtocol):
+class HalfCloseTLSProtocol(TLSServerCore, TLSMemoryBIOProtocol):
     """
     C{TLSMemoryBIOProtocol} with half-close both ways (see the module;
-    L{BIOUpkeep} has the half-close flags, C{read_closed} and
+    L{TLSServerCore} has the half-close flags, C{read_closed} and
     C{write_closed}).
     """
 
     def _send_records(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def _close_tcp(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    @property
+    def _tls_closing(self) -> bool:  # type: ignore[override]
+        # Twisted's layer keeps the application's close in its own flag.
+        return bool(self.disconnecting)
 
     @property
     def _renewal_clock(self) -> Any:
@@ -107,9 +115,6 @@ class HalfCloseTLSProtocol(BIOUpkeep, TLSMemoryBIOProtocol):
         if getattr(self.factory, "is_client", True):
             self._checkHandshakeStatus()
 
-    def _half_closeable(self) -> bool:
-        return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
-
     def dataReceived(self, data: bytes) -> None:
         if self.read_closed:
             return  # after close_notify nothing may come; not kept, not read
@@ -138,84 +143,13 @@ class HalfCloseTLSProtocol(BIOUpkeep, TLSMemoryBIOProtocol):
         # leave together. Twisted's BufferingTLSTransport is not used: the
         # relay writes whole backend reads, so its aggregation would only add
         # a callLater per write.
-        if self._lostTLSConnection:
-            return
-        self._held = 0  # the held tickets go first, in the same send
-        view = memoryview(data)
-        tls = self._tlsConnection
-        while view:
-            try:
-                sent = tls.send(view)
-            except WantReadError:
-                self._flushSendBIO()
-                self._bufferedWrite(view.tobytes())
-                return
-            except Error:
-                self._tlsShutdownFinished(Failure())
-                return
-            view = view[sent:]
-        self._flushSendBIO()
-        if self._grown and self._handshakeDone:
-            self._renew_bios()
-
-    def _flushReceiveBIO(self) -> None:
-        # The stock loop, with close_notify handed to _peer_finished, and no
-        # last recv() to learn that nothing is left (an exception each time)
-        # when neither OpenSSL nor its input BIO holds anything more.
-        tls = self._tlsConnection
-        while not self._lostTLSConnection and not self.read_closed:
-            try:
-                data = tls.recv(READ_SIZE)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._peer_finished()
-            except Error:
-                self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
-                if not tls.pending() and not _membio.pending(tls, _membio.INTO):
-                    break
-        self._flushSendBIO()
-
-    def _peer_finished(self) -> None:
-        """The client's stream ended cleanly: half-close, or end as stock."""
-        self.read_closed = True
-        if (
-            self._ending
-            or self.write_closed
-            or self.disconnecting
-            or not self._half_closeable()
-        ):
-            # Both directions are done (or half-close is not wanted): reply
-            # close_notify and close, as the stock layer does.
-            self._shutdownTLS()
-            self._tlsShutdownFinished(None)
-            return
-        IHalfCloseableProtocol(self.wrappedProtocol).readConnectionLost()
+        self._encrypt(data)
 
     # -- IHalfCloseableProtocol, for the TCP transport underneath ----------
 
     def readConnectionLost(self) -> None:
-        """The client's FIN: whatever it sent before is read, then its stream ends."""
-        if self._fin or self._lostTLSConnection:
-            return
-        self._fin = True
-        if not self._handshakeDone:
-            # Nothing was relayed yet: end as a stock connection would.
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        if self.read_closed:
-            if self.write_closed:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        self._tlsConnection.bio_shutdown()
-        self._flushReceiveBIO()
-        if not self.read_closed and not self._lostTLSConnection:
-            # A FIN without close_notify (SSL_OP_IGNORE_UNEXPECTED_EOF makes
-            # OpenSSL report it as a clean end): the same half-close.
-            self._peer_finished()
+        """The client's FIN (see L{TLSServerCore._client_fin})."""
+        self._client_fin()
 
     def writeConnectionLost(self) -> None:
         """Our side's TCP FIN went out; nothing to do."""

@@ -33,8 +33,8 @@ over that one):
     TLS as C{ConnectionLost}; a close_notify in the middle of the handshake
     as C{ConnectionDone};
   - the memory BIOs are renewed after bursts, and a TLS 1.3 server's session
-    tickets leave with the first answer (L{tlsgate._membio.BIOUpkeep}, which
-    both use).
+    tickets leave with the first answer (L{tlsgate._tlscore}, which both
+    use).
 
 Two differences, both deliberate: C{stopProducing()} (the backend went
 while this connection produced for it) closes with close_notify, where
@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from errno import EWOULDBLOCK
+from functools import partial
 from typing import Any
 
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
@@ -62,7 +63,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableDescriptor,
-    IHalfCloseableProtocol,
     IHandshakeListener,
     ILoggingContext,
     INegotiated,
@@ -83,14 +83,11 @@ from zope.interface import implementer_only
 from tlsgate._membio import (
     BURST,
     NULL,
-    READ_SIZE,
-    BIOUpkeep,
     mem_data,
-    recv,
-    send,
     write_in,
 )
 from tlsgate._tcp import LeanServer, _Lean
+from tlsgate._tlscore import TLSServerCore
 
 #: Makes the C{SSL.Connection} of one accepted connection (Twisted's TLS
 #: factory's C{_creatorCallable}: the connection creator's
@@ -115,19 +112,13 @@ class LeanTLS:
     #: The clock of the BIO renewals (the TLS factory's).
     clock: IReactorTime
 
-    def transport(
-        self,
-        sock: Any,
-        protocol: IProtocol,
-        client: tuple[Any, ...],
-        server: Any,
-        sessionno: int,
-        reactor: Any,
-    ) -> LeanTLSServer:
-        """One accepted connection's transport: a port's C{transport(...)} call."""
-        return LeanTLSServer(
-            sock, protocol, client, server, sessionno, reactor, self.creator, self.clock
-        )
+    #: Makes one accepted connection's transport, called as a port calls its
+    #: own C{transport(skt, protocol, addr, port, sessionno, reactor)}.
+    transport: Callable[..., LeanTLSServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        made = partial(LeanTLSServer, creator=self.creator, clock=self.clock)
+        object.__setattr__(self, "transport", made)
 
 
 @implementer_only(
@@ -141,10 +132,10 @@ class LeanTLS:
     IHalfCloseableDescriptor,
     ILoggingContext,
 )
-class LeanTLSServer(BIOUpkeep, LeanServer):
+class LeanTLSServer(TLSServerCore, LeanServer):
     """
     An accepted TCP connection with its TLS server side (see the module;
-    L{BIOUpkeep} has the half-close flags, C{read_closed} and
+    L{TLSServerCore} has the half-close flags, C{read_closed} and
     C{write_closed}).
     """
 
@@ -159,15 +150,17 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
     #: close.)
     _tls_closing = False
     #: The application aborted: nothing more reaches it.
-    _app_aborted = False
+    _aborted = False
     #: Why the TLS layer ended, when that, not the TCP close, is the reason.
     _tls_reason: Failure | None = None
     #: Application writes that OpenSSL could not take yet (before the
     #: handshake completed), sent once it has (a list only then).
     _app_buffer: Sequence[bytes] = ()
 
-    #: OpenSSL's output goes straight to the socket (the lean TCP write).
+    #: OpenSSL's output goes straight to the socket (the lean TCP write),
+    #: and the TCP close is the lean transport's.
     _send_records = _Lean.write
+    _close_tcp = _Lean.loseConnection
 
     def __init__(
         self,
@@ -191,17 +184,12 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             raise
         LeanServer.__init__(self, sock, protocol, client, server, sessionno, reactor)
         self._renewal_clock = clock
+        #: The protocol, under the name Twisted's TLS layer gives it: the
+        #: shared core delivers to it, and the mutual-TLS callback finds the
+        #: tracker through the connection's app data this way.
+        self.wrappedProtocol = protocol
 
     # -- what the application sees -------------------------------------------
-
-    @property
-    def wrappedProtocol(self) -> IProtocol | None:
-        """
-        The application protocol, under the name Twisted's TLS layer gives it
-        (the mutual-TLS callback finds the tracker through the connection's
-        app data this way).
-        """
-        return self.__dict__.get("protocol")
 
     def getHandle(self) -> Connection | None:  # type: ignore[override]
         """The C{SSL.Connection} (as Twisted's TLS layer answers), C{None} once lost."""
@@ -226,30 +214,6 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             return
         self._encrypt(data)
 
-    def _encrypt(self, data: bytes) -> None:
-        """Hand C{data} to OpenSSL and send the records it makes."""
-        if self._lostTLSConnection or self._app_aborted:
-            return
-        self._held = 0  # held tickets go first, in the same send
-        tls = self._tlsConnection
-        assert tls is not None
-        view = memoryview(data)
-        while view:
-            try:
-                sent = send(tls, view)
-            except WantReadError:
-                # Before the handshake completed: held until it has.
-                self._flushSendBIO()
-                self._buffer_write(view.tobytes())
-                return
-            except Error:
-                self._tls_finished(Failure())
-                return
-            view = view[sent:]
-        self._flushSendBIO()
-        if self._grown and self._handshakeDone:
-            self._renew_bios()
-
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
 
@@ -264,7 +228,7 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             return
         self._tls_closing = True
         if not self._app_buffer and self.producer is None:
-            self._shutdown_tls()
+            self._shutdownTLS()
 
     def loseWriteConnection(self) -> None:
         """Send close_notify and go on reading what the client sends."""
@@ -277,11 +241,11 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
         self.write_closed = True
         if self.producer is not None:
             self.unregisterProducer()
-        self._shutdown_tls()
+        self._shutdownTLS()
 
     def abortConnection(self) -> None:
         """Close at once; nothing more reaches the application."""
-        self._app_aborted = True
+        self._aborted = True
         self._tls_closing = True
         tls = self._tlsConnection
         if tls is not None:
@@ -312,7 +276,7 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             producer.stopStreaming()
         abstract.FileDescriptor.unregisterProducer(self)
         if self._tls_closing and not self._app_buffer and not self._lostTLSConnection:
-            self._shutdown_tls()
+            self._shutdownTLS()
 
     def stopProducing(self) -> None:
         """
@@ -368,13 +332,13 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             # recv() would only raise WantReadError to say so).
             self._flushSendBIO()
         else:
-            self._flush_receive()
+            self._flushReceiveBIO()
         if self._grown and self._handshakeDone:
             self._renew_bios()
         return None
 
     def _handshake(self) -> None:
-        if self._app_aborted:
+        if self._aborted:
             return
         tls = self._tlsConnection
         assert tls is not None
@@ -384,54 +348,13 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             self._flushSendBIO()
             return
         except Error:
-            self._tls_finished(Failure())
+            self._tlsShutdownFinished(Failure())
             return
         self._handshakeDone = True
         self._hold_tickets()
         protocol = self.protocol
         if IHandshakeListener.providedBy(protocol):
             protocol.handshakeCompleted()
-
-    def _flush_receive(self) -> None:
-        """What OpenSSL can decrypt now, to the application; then what it wrote."""
-        tls = self._tlsConnection
-        assert tls is not None
-        while not self._lostTLSConnection and not self.read_closed:
-            try:
-                data = recv(tls, READ_SIZE)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._peer_finished()
-            except Error:
-                self._tls_finished(Failure())
-            else:
-                if not self._app_aborted:
-                    self.protocol.dataReceived(data)
-                # No last recv() to learn that nothing is left (an exception
-                # each time) when neither OpenSSL nor its BIO holds more.
-                if not tls.pending() and not mem_data(tls._into_ssl, NULL):
-                    break
-        self._flushSendBIO()
-
-    def _peer_finished(self) -> None:
-        """The client's stream ended cleanly: half-close, or end."""
-        self.read_closed = True
-        if self.write_closed:
-            # Our close_notify went out already: both directions are done.
-            self._tls_finished(None)
-            return
-        if (
-            self._ending
-            or self._tls_closing
-            or not IHalfCloseableProtocol.providedBy(self.protocol)
-        ):
-            # Both directions are done (or half-close is not wanted): reply
-            # close_notify and close.
-            self._shutdown_tls()
-            self._tls_finished(None)
-            return
-        self.protocol.readConnectionLost()
 
     def readConnectionLost(self, reason: Failure) -> None:
         """The client's FIN: whatever it sent before is read, then its stream ends."""
@@ -443,30 +366,9 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
             log.err()
             self.connectionLost(Failure())
 
-    def _client_fin(self) -> None:
-        if self._fin or self._lostTLSConnection:
-            return
-        self._fin = True
-        if not self._handshakeDone:
-            # Nothing was relayed yet: end the connection.
-            _Lean.loseConnection(self)
-            return
-        if self.read_closed:
-            if self.write_closed:
-                _Lean.loseConnection(self)
-            return
-        tls = self._tlsConnection
-        assert tls is not None
-        tls.bio_shutdown()
-        self._flush_receive()
-        if not self.read_closed and not self._lostTLSConnection:
-            # A FIN without close_notify (SSL_OP_IGNORE_UNEXPECTED_EOF makes
-            # OpenSSL report it as a clean end): the same half-close.
-            self._peer_finished()
-
     # -- writing -------------------------------------------------------------
 
-    def _buffer_write(self, data: bytes) -> None:
+    def _bufferedWrite(self, data: bytes) -> None:
         self._app_buffer = [*self._app_buffer, data]
         producer: Any = self.producer
         if producer is not None:
@@ -486,25 +388,11 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
                 producer.resumeProducing()
             return
         if self._tls_closing:
-            self._shutdown_tls()
+            self._shutdownTLS()
 
     # -- ending --------------------------------------------------------------
 
-    def _shutdown_tls(self) -> None:
-        """Send close_notify (or answer the client's); TCP closes once both are."""
-        tls = self._tlsConnection
-        if tls is None:
-            return
-        try:
-            done = tls.shutdown()
-        except Error:
-            # In the middle of the handshake OpenSSL may want to read first.
-            done = False
-        self._flushSendBIO()
-        if done:
-            _Lean.loseConnection(self)
-
-    def _tls_finished(self, reason: Failure | None) -> None:
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         """
         The TLS layer is done: send what OpenSSL wrote (an alert says why a
         handshake failed), then close TCP; C{reason} (if any) is what the
@@ -538,7 +426,7 @@ class LeanTLSServer(BIOUpkeep, LeanServer):
                 # Whatever the client sent last, and OpenSSL has, goes up
                 # first (as Twisted's TLS layer does).
                 tls.bio_shutdown()
-                self._flush_receive()
+                self._flushReceiveBIO()
         finally:
             # Even if the protocol raised just now: the socket is closed and
             # the protocol told, once.

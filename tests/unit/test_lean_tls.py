@@ -186,11 +186,11 @@ def test_without_pyopenssls_internals_its_public_calls_serve(
     contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """L{tlsgate._membio}'s direct calls fall back to pyOpenSSL's methods."""
-    from tlsgate import _leantls, _membio
+    from tlsgate import _membio, _tlscore
 
     monkeypatch.setattr(_membio, "AVAILABLE", False)
     monkeypatch.setattr(_membio, "DIRECT", False)
-    monkeypatch.setattr(_leantls, "mem_data", lambda bio, null: _membio.UNKNOWN)
+    monkeypatch.setattr(_tlscore, "mem_data", lambda bio, null: _membio.UNKNOWN)
     with connection(contexts, ca) as c:
         c.send(b"request")
         assert c.backend.wire.value() == b"request"
