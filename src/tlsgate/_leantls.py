@@ -413,7 +413,7 @@ class LeanTLSServer(TLSServerCore, LeanServer):
             # Nothing the producer writes can be sent now: without it, the
             # TCP close does not wait for it.
             abstract.FileDescriptor.unregisterProducer(self)
-        _Lean.loseConnection(self)
+        self._close_tcp()
 
     def connectionLost(self, reason: Failure) -> None:
         if "protocol" not in self.__dict__:
@@ -437,3 +437,5 @@ class LeanTLSServer(TLSServerCore, LeanServer):
             if tls is not None:
                 tls.set_app_data(None)  # no cycle left through OpenSSL's object
             self._tlsConnection = None
+            # Nor through the protocol, which keeps its transport.
+            self.wrappedProtocol = None

@@ -114,6 +114,7 @@ def test_a_tls_error_after_the_handshake_ends_it_as_one(fused: Any) -> None:
     fused.lost()
     assert fused.reason == CloseReason.TLS_ERROR
     assert fused.server.getHandle() is None  # no cycle through OpenSSL's object
+    assert fused.server.wrappedProtocol is None  # nor through the protocol
 
 
 def test_the_port_accepts_tls_as_one_object_when_its_factory_allows(
