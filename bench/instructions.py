@@ -7,6 +7,7 @@ of tlsgate (before and after a change) where timings drown in noise.
     python bench/instructions.py --tree /path/to/other/checkout --tree .
     python bench/instructions.py --connections 500 --tls-version 1.2
     python bench/instructions.py --server twfloor     # or floor, floor-socket-bio
+    python bench/instructions.py --keep /tmp/cg       # then callgrind_annotate /tmp/cg/0/*
 
 Each tree's gateway (``twistd -n tlsgate --config X.ini`` with the tree's
 ``src`` on the path, ``session_resumption = off``) runs under ``valgrind
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import socketserver
 import ssl
@@ -252,6 +254,12 @@ def main() -> int:
         help="a checkout of tlsgate (repeat to compare; default: this one)",
     )
     p.add_argument("--connections", type=int, default=300)
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each tree's callgrind dumps into DIR/<n>/ for callgrind_annotate",
+    )
     p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"])
     p.add_argument(
         "--server",
@@ -261,7 +269,7 @@ def main() -> int:
     )
     args = p.parse_args()
     trees = args.tree or [REPO]
-    for tree in trees:
+    for n, tree in enumerate(trees):
         with tempfile.TemporaryDirectory(prefix="tlsgate-instructions.") as tmp:
             total = count(
                 tree.resolve(),
@@ -270,6 +278,11 @@ def main() -> int:
                 Path(tmp),
                 args.server,
             )
+            if args.keep:
+                kept = args.keep / str(n)
+                kept.mkdir(parents=True, exist_ok=True)
+                for dump in Path(tmp).glob("callgrind.out.*"):
+                    shutil.copy(dump, kept)
         print(
             f"{tree} ({args.server}): {total / args.connections:,.0f} instructions"
             " per connection"

@@ -56,7 +56,7 @@ from errno import EWOULDBLOCK
 from functools import partial
 from typing import Any
 
-from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Connection, Error, ZeroReturnError
 from twisted.internet import abstract, main, tcp
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -83,6 +83,7 @@ from zope.interface import implementer_only
 from tlsgate._membio import (
     BURST,
     NULL,
+    handshake,
     mem_data,
     write_in,
 )
@@ -343,12 +344,12 @@ class LeanTLSServer(TLSServerCore, LeanServer):
         tls = self._tlsConnection
         assert tls is not None
         try:
-            tls.do_handshake()
-        except WantReadError:
-            self._flushSendBIO()
-            return
+            done = handshake(tls)
         except Error:
             self._tlsShutdownFinished(Failure())
+            return
+        if not done:
+            self._flushSendBIO()
             return
         self._handshakeDone = True
         self._hold_tickets()

@@ -27,7 +27,10 @@ calls them a few times per connection: one Python call each instead of two
 (pyOpenSSL checks its callbacks' errors after every call, also when the call
 succeeded; only a handshake runs callbacks, renegotiation being off), and a
 failure raises what pyOpenSSL raises, through its own error handling
-(L{DIRECT} says whether they can).
+(L{DIRECT} says whether they can). L{handshake} is C{do_handshake} that
+answers "not yet" with C{False} where pyOpenSSL raises C{WantReadError}: a
+server's handshake waits for its client at least once, and an exception
+raised and caught costs more than the rest of the call.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL.SSL import Connection as _Connection
+from OpenSSL.SSL import WantReadError
 
 #: What L{pending} answers when it cannot tell.
 UNKNOWN = 1 << 30
@@ -73,6 +77,9 @@ try:
     _bio_write = _lib.BIO_write
     _ssl_read = _lib.SSL_read
     _ssl_write = _lib.SSL_write
+    _do_handshake = _lib.SSL_do_handshake
+    _get_error = _lib.SSL_get_error
+    _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _buffer = _ffi.buffer
     _from_buffer = _ffi.from_buffer
     _null = _ffi.NULL
@@ -173,6 +180,43 @@ def read_out(connection: Any, size: int) -> bytes:
         connection._handle_bio_errors(out, result)
     data: bytes = _buffer(buf, result)[:]
     return data
+
+
+def handshake(connection: Any) -> bool:
+    """
+    C{connection.do_handshake()}: C{True} once the handshake is complete,
+    C{False} while OpenSSL waits for more from the peer (what it wrote for
+    the peer meanwhile is in L{FROM}). Any other outcome raises what
+    pyOpenSSL raises, an error a callback raised during the call first.
+    """
+    if not DIRECT:
+        try:
+            connection.do_handshake()
+        except WantReadError:
+            return False
+        return True
+    ssl = connection._ssl
+    result = _do_handshake(ssl)
+    if (
+        result <= 0
+        and _get_error(ssl, result) == _WANT_READ
+        and _callbacks_fine(connection._context)
+    ):
+        return False
+    connection._raise_ssl_error(ssl, result)  # raises, or returns on success
+    return True
+
+
+def _callbacks_fine(context: Any) -> bool:
+    """No callback of C{context} (verify, ALPN, OCSP) has an error to raise."""
+    for helper in (
+        context._verify_helper,
+        context._alpn_select_helper,
+        context._ocsp_helper,
+    ):
+        if helper is not None and getattr(helper, "_problems", True):
+            return False
+    return True
 
 
 def recv(connection: Any, size: int) -> bytes:

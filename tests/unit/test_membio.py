@@ -131,3 +131,89 @@ def test_renewing_after_a_burst_gives_the_grown_buffers_back(ca: trustme.CA) -> 
     freed = before - in_use()
     # Each idle server kept well over 64 KiB of grown BIO buffers.
     assert freed > 10 * 100_000
+
+
+def _pair(
+    ca: trustme.CA, server_ctx: SSL.Context | None = None
+) -> tuple[SSL.Connection, SSL.Connection]:
+    if server_ctx is None:
+        server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ca.issue_cert("localhost").configure_cert(server_ctx)  # type: ignore[no-untyped-call]
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.set_alpn_protos([b"h2"])
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    return client, server
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_handshake_says_not_yet_then_done(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """
+    C{handshake} answers C{False} (not an exception) while the server waits
+    for its client, having written its flight, and C{True} once complete:
+    on OpenSSL directly and through pyOpenSSL's method alike.
+    """
+    monkeypatch.setattr(_membio, "DIRECT", direct and _membio.DIRECT)
+    client, server = _pair(ca)
+    assert _membio.handshake(server) is False  # nothing from the client yet
+    with contextlib.suppress(SSL.WantReadError):
+        client.do_handshake()
+    pump(client, server)  # ClientHello in; nothing read out yet
+    steps = []
+    for _ in range(5):
+        steps.append(_membio.handshake(server))
+        if steps[-1]:
+            break
+        pump(server, client)
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        pump(client, server)
+    assert steps == [False, True]
+    client.send(b"ping")
+    pump(client, server)
+    assert read_all(server) == b"ping"
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_handshake_raises_what_a_callback_raised(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """
+    A callback that raises while OpenSSL still waits for the client (ALPN,
+    on the ClientHello) is raised from C{handshake}, not taken for "not yet".
+    """
+    monkeypatch.setattr(_membio, "DIRECT", direct and _membio.DIRECT)
+    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        raise LookupError("no protocol for you")
+
+    server_ctx.set_alpn_select_callback(select)
+    client, server = _pair(ca, server_ctx)
+    with contextlib.suppress(SSL.WantReadError):
+        client.do_handshake()
+    pump(client, server)
+    with pytest.raises(LookupError, match="no protocol for you"):
+        _membio.handshake(server)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_handshake_never_hides_a_pending_callback_error(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """
+    An error a callback left with pyOpenSSL (its helper keeps it to raise
+    after the OpenSSL call) is raised even when OpenSSL itself only waits.
+    """
+    monkeypatch.setattr(_membio, "DIRECT", direct and _membio.DIRECT)
+    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    server_ctx.set_alpn_select_callback(lambda connection, offered: b"h2")
+    _client, server = _pair(ca, server_ctx)
+    helper = server_ctx._alpn_select_helper  # type: ignore[attr-defined]
+    helper._problems.append(LookupError("left by a callback"))
+    with pytest.raises(LookupError, match="left by a callback"):
+        _membio.handshake(server)  # no ClientHello yet: OpenSSL only waits
