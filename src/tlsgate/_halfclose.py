@@ -21,9 +21,10 @@ provides C{IHalfCloseableProtocol}:
 
 Bytes after the client's close_notify are protocol violations and are
 dropped unread, so they cannot grow the memory BIO. The memory BIOs are
-renewed once drained after the handshake, and again a second after any later
-burst, so that an idle connection does not keep the buffers its busiest
-moment grew them to (L{tlsgate._membio}). A wrapped protocol
+renewed within half a second of the handshake and of any later burst, once
+drained, so that an idle connection does not keep the buffers its busiest
+moment grew them to (L{tlsgate._membio}, L{tlsgate._tlscore.Renewals}). A
+wrapped protocol
 without C{IHalfCloseableProtocol} gets the stock behaviour. Everything
 else (handshake, producers, aborts, reasons) is the stock layer's.
 """

@@ -50,14 +50,15 @@ READ_SIZE = 2**16
 #: (up to one backend read, 64 KiB) goes out as one socket write.
 SEND_SIZE = 2**17
 
-#: A BIO that held more than this many bytes is renewed once drained: the
-#: first time right after the handshake, after that L{RENEW_AFTER} seconds
-#: after the burst, so that a bulk transfer does not regrow fresh BIOs for
-#: every chunk.
+#: A BIO that held more than this many bytes is renewed once drained, within
+#: L{RENEW_AFTER} seconds (the handshake counts as such a burst).
 BURST = 4096
 
-#: Seconds after a burst (past the handshake) before the BIOs are renewed.
-RENEW_AFTER = 1.0
+#: Seconds, at most, from a burst to the renewal of its BIOs: the period of
+#: the sweep that renews them (L{tlsgate._tlscore.Renewals}), so that a bulk
+#: transfer does not regrow fresh BIOs for every chunk, and a connection
+#: that ends within it costs no renewal.
+RENEW_AFTER = 0.5
 
 #: The BIO that holds what the peer sent, not yet read by OpenSSL.
 INTO = "_into_ssl"

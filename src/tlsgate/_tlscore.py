@@ -16,7 +16,8 @@ they do alike, written once:
   - half-close both ways: the client's close_notify or FIN is the
     protocol's C{readConnectionLost()} (L{_peer_finished}, L{_client_fin});
   - a TLS 1.3 server's session tickets wait for the first answer, and the
-    memory BIOs are renewed once a burst has passed (L{tlsgate._membio}).
+    memory BIOs are renewed once a burst has passed (L{tlsgate._membio}),
+    by one sweep per clock for all connections (L{Renewals}).
 
 A class using it says where records go (C{_send_records}), how its TCP
 connection closes (C{_close_tcp}), whether the application asked to close
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsgate import _membio
@@ -46,6 +48,57 @@ from tlsgate._membio import (
     renew,
     send,
 )
+
+
+class Renewals:
+    """
+    The connections of one clock whose memory BIOs are due to be renewed:
+    all of them together, L{RENEW_AFTER} seconds after the first was added,
+    by one delayed call. So a burst's buffers go back within that time, the
+    BIOs of a bulk transfer are renewed at most once per period, and a
+    connection that ends first costs no renewal: a renewal made as soon as
+    each handshake completed, as before, cost a relayed connection about 1%
+    of its instructions (C{bench/instructions.py}).
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        #: Insertion-ordered: renewed in the order they became due.
+        self.due: dict[TLSServerCore, None] = {}
+        self._call: Any = None
+
+    def add(self, core: TLSServerCore) -> None:
+        self.due[core] = None
+        # A call cancelled from outside (a test's reactor clean-up) must not
+        # leave the renewals pending forever.
+        if self._call is None or not self._call.active():
+            self._call = self.clock.callLater(RENEW_AFTER, self.run)
+
+    def discard(self, core: TLSServerCore) -> None:
+        self.due.pop(core, None)
+
+    def run(self) -> None:
+        self._call = None
+        due, self.due = self.due, {}
+        for core in due:
+            try:
+                core._renew_due()
+            except Exception:
+                self._log.failure("renewing the BIOs of {core!r}", core=core)
+
+
+#: clock -> its renewals (as L{tlsgate._tcp}'s closers: a gateway has one).
+_RENEWALS: dict[Any, Renewals] = {}
+
+
+def renewals(clock: Any) -> Renewals:
+    """The L{Renewals} of C{clock}."""
+    found = _RENEWALS.get(clock)
+    if found is None:
+        found = _RENEWALS[clock] = Renewals(clock)
+    return found
 
 
 class TLSServerCore:
@@ -73,10 +126,8 @@ class TLSServerCore:
     _ending = False
     #: A BIO grew past BURST since the last renewal (the handshake counts).
     _grown = True
-    #: The BIOs were renewed after the handshake.
-    _settled = False
-    #: The delayed renewal after a later burst, while one is due.
-    _renewal: Any = None
+    #: The connection waits in its clock's L{Renewals}.
+    _due = False
     #: Bytes OpenSSL wrote as a TLS 1.3 handshake completed (session
     #: tickets), held back to leave with the next write.
     _held = 0
@@ -122,24 +173,25 @@ class TLSServerCore:
                 waiting = mem_data(tls._from_ssl, NULL)
 
     def _renew_bios(self) -> None:
-        """Give back what the BIOs grew to (see the module)."""
+        """
+        Give back what the BIOs grew to (see the module) at the clock's next
+        sweep of renewals: a connection that ends before then (most relayed
+        connections) costs a dictionary entry, not a renewal.
+        """
         if (
-            self._fin
+            self._due
+            or self._fin
             or self.read_closed
             or self.write_closed
             or self._lostTLSConnection
-            or self._renewal is not None
         ):
-            return  # an input BIO at EOF must stay; or a renewal is due
-        if not self._settled:
-            if renew(self._tlsConnection):
-                self._settled = True
-                self._grown = False
-            return
-        self._renewal = self._renewal_clock.callLater(RENEW_AFTER, self._renew_later)
+            return  # due already; or an input BIO at EOF, which must stay
+        self._due = True
+        renewals(self._renewal_clock).add(self)
 
-    def _renew_later(self) -> None:
-        self._renewal = None
+    def _renew_due(self) -> None:
+        """The sweep of renewals: renew now, if the BIOs are drained."""
+        self._due = False
         if (
             self._lostTLSConnection
             or self._fin
@@ -150,13 +202,13 @@ class TLSServerCore:
         if renew(self._tlsConnection):
             self._grown = False
         else:
-            self._renew_bios()  # bytes in flight: try again later
+            self._renew_bios()  # bytes in flight: the next sweep
 
     def _cancel_renewal(self) -> None:
         """The connection ends: no renewal is due any more."""
-        renewal, self._renewal = self._renewal, None
-        if renewal is not None and renewal.active():
-            renewal.cancel()
+        if self._due:
+            self._due = False
+            renewals(self._renewal_clock).discard(self)
 
     def _close_tcp(self) -> None:
         raise NotImplementedError

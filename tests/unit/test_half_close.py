@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import trustme
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -34,8 +34,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
 from tests.helpers import Reactor
+from tlsgate import _tlscore
 from tlsgate._assembly import TLSStack
-from tlsgate._membio import SEND_SIZE
+from tlsgate._membio import RENEW_AFTER, SEND_SIZE
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.relay import Backend, BackendPool, RelayFactory
 from tlsgate.tracker import CloseReason, Limits
@@ -779,10 +780,8 @@ def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -
 
 
 def renewals(c: Connection) -> int:
-    return sum(
-        getattr(d.func, "__name__", "") == "_renew_later"
-        for d in c.clock.getDelayedCalls()
-    )
+    """Whether the connection's BIOs are due at its clock's next sweep."""
+    return int(c.server in _tlscore.renewals(c.clock).due)
 
 
 def bios(c: Connection) -> tuple[object, object]:
@@ -800,13 +799,64 @@ def test_the_bios_grown_by_the_handshake_are_renewed_once_drained(
     c.send(b"GET / HTTP/1.1\r\n\r\n")
     c.backend.protocol.dataReceived(b"answer")  # they leave with it
     c.move()
+    assert c.read() == (b"answer", None)
+    assert bios(c) == before and renewals(c) == 1  # at the next sweep
+    c.clock.advance(RENEW_AFTER)
     after = bios(c)
     assert after[0] != before[0] and after[1] != before[1]
-    assert c.read() == (b"answer", None)
     c.send(b"more")
+    c.clock.advance(RENEW_AFTER)
     assert bios(c) == after  # small reads leave them alone
     assert renewals(c) == 0
     assert c.backend.wire.value() == b"GET / HTTP/1.1\r\n\r\nmore"
+
+
+def test_a_connection_that_ends_before_the_sweep_costs_no_renewal(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewed: list[object] = []
+    real = _tlscore.renew
+    monkeypatch.setattr(_tlscore, "renew", lambda tls: renewed.append(tls) or real(tls))
+    c = connect()
+    c.send(b"request")
+    c.backend.protocol.dataReceived(b"answer")
+    c.move()
+    assert c.read() == (b"answer", None)
+    assert renewals(c) == 1
+    c.close_notify()
+    c.fin()
+    c.backend.closed()
+    c.move()
+    c.tcp_closed()
+    assert renewals(c) == 0  # it left the sweep as it ended
+    c.clock.advance(RENEW_AFTER)
+    assert renewed == []
+
+
+def test_one_sweep_renews_every_connection_due() -> None:
+    """
+    However many connections are due, their clock has one delayed call; each
+    is renewed once, in the order it became due, and one that ended is not.
+    """
+    clock = task.Clock()
+    sweep = _tlscore.Renewals(clock)
+    done: list[str] = []
+
+    class Core:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def _renew_due(self) -> None:
+            done.append(self.name)
+
+    first, second, gone = Core("first"), Core("second"), Core("gone")
+    for core in (first, gone, second, first):
+        sweep.add(core)  # type: ignore[arg-type]
+    sweep.discard(gone)  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(RENEW_AFTER)
+    assert done == ["first", "second"]
+    assert sweep.due == {} and clock.getDelayedCalls() == []
 
 
 def test_tls13_session_tickets_leave_with_the_first_answer_in_one_write(
@@ -844,9 +894,10 @@ def past_first_answer(connect: Connect) -> Connection:
     """A connection past its first exchange: its BIOs renewed once already."""
     c = connect()
     c.send(b"hello")
-    c.backend.protocol.dataReceived(b"hi")  # the first answer settles them
+    c.backend.protocol.dataReceived(b"hi")
     c.move()
     assert c.read() == (b"hi", None)
+    c.clock.advance(RENEW_AFTER)  # the first sweep settles them
     return c
 
 
@@ -857,7 +908,7 @@ def test_after_a_burst_the_bios_are_renewed_a_second_later(connect: Connect) -> 
     c.move()
     assert c.read() == (b"b" * 100_000, None)
     assert bios(c) == settled  # not during the burst
-    c.clock.advance(1.0)
+    c.clock.advance(RENEW_AFTER)
     renewed = bios(c)
     assert renewed[0] != settled[0] and renewed[1] != settled[1]
     c.send(b"still works")
@@ -877,7 +928,7 @@ def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with
     c.tls.write(b"split record")
     wire = c._out.read()
     c.feed(wire[:10])
-    c.clock.advance(1.0)
+    c.clock.advance(RENEW_AFTER)
     c.feed(wire[10:])
     assert c.backend.wire.value() == b"hello" + b"u" * 50_000 + b"split record"
     c.send(b"x" * 10_000)
