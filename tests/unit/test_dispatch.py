@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 
 from tlsgate._dispatch import lean_dispatch
 from tlsgate._tcp import LeanServer
@@ -159,4 +161,44 @@ def test_a_descriptor_gone_from_under_its_transport_is_disconnected(
     [reason] = protocol.reasons
     assert reason.check(ConnectionFdescWentAway)
     ours.close()
+    theirs.close()
+
+
+def test_a_closed_transport_leaves_the_reactor_and_the_epoll_set(
+    reactor: EPollReactor,
+) -> None:
+    """
+    A lean transport's close drops its registration in one step: from the
+    reactor's sets and from epoll (unregistering it again fails), reading
+    and writing alike.
+    """
+    protocol, transport, theirs = connected(reactor)
+    transport.startWriting()
+    fd = transport.fileno()
+    r: Any = reactor
+    assert r._selectables[fd] is transport and fd in r._reads and fd in r._writes
+    theirs.close()
+    reactor.doIteration(0)
+    assert protocol.lost
+    assert fd not in r._selectables
+    assert fd not in r._reads and fd not in r._writes
+    with pytest.raises(OSError):
+        r._poller.unregister(fd)  # not in the epoll set any more (or closed)
+
+
+def test_a_transport_lost_while_unregistered_touches_nothing(
+    reactor: EPollReactor,
+) -> None:
+    """Paused both ways when it is lost: nothing to unregister, nothing fails."""
+    protocol, transport, theirs = connected(reactor)
+    transport.stopReading()
+    r: Any = reactor
+    other, other_transport, other_peer = connected(reactor)  # stays registered
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert protocol.lost
+    other_peer.sendall(b"still here")
+    reactor.doIteration(0)
+    assert other.data == b"still here"
+    assert transport not in r._selectables.values()
+    assert other_transport in r._selectables.values()
     theirs.close()
