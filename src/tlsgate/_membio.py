@@ -81,6 +81,7 @@ try:
     _do_handshake = _lib.SSL_do_handshake
     _get_error = _lib.SSL_get_error
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
+    _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
     _buffer = _ffi.buffer
     _from_buffer = _ffi.from_buffer
     _null = _ffi.NULL
@@ -198,12 +199,11 @@ def handshake(connection: Any) -> bool:
         return True
     ssl = connection._ssl
     result = _do_handshake(ssl)
-    if (
-        result <= 0
-        and _get_error(ssl, result) == _WANT_READ
-        and _callbacks_fine(connection._context)
-    ):
-        return False
+    if _callbacks_fine(connection._context):
+        if result == 1:
+            return True
+        if result <= 0 and _get_error(ssl, result) == _WANT_READ:
+            return False
     connection._raise_ssl_error(ssl, result)  # raises, or returns on success
     return True
 
@@ -224,6 +224,9 @@ def recv(connection: Any, size: int) -> bytes:
     """
     C{connection.recv(size)}, after the handshake: decrypted bytes, or the
     exception pyOpenSSL raises (C{WantReadError}, C{ZeroReturnError}...).
+    The peer's close_notify may also be told by C{b""} (directly, where
+    pyOpenSSL would raise C{ZeroReturnError}: once per connection that
+    closes cleanly); callers take either.
     """
     if not DIRECT:
         return bytes(connection.recv(size))
@@ -231,6 +234,10 @@ def recv(connection: Any, size: int) -> bytes:
     buf = _alloc("char[]", size)
     result = _ssl_read(ssl, buf, size)
     if result <= 0:
+        if _get_error(ssl, result) == _ZERO_RETURN and _callbacks_fine(
+            connection._context
+        ):
+            return b""
         connection._raise_ssl_error(ssl, result)
     data: bytes = _buffer(buf, result)[:]
     return data

@@ -278,6 +278,9 @@ class TLSServerCore:
             except Error:
                 self._tlsShutdownFinished(Failure())
             else:
+                if not data:  # close_notify, as recv() may also say it
+                    self._peer_finished()
+                    continue
                 if not self._aborted:
                     self.wrappedProtocol.dataReceived(data)
                 # No last recv() to learn that nothing is left (an exception

@@ -202,18 +202,51 @@ def test_handshake_raises_what_a_callback_raised(
 
 
 @pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("step", ["waiting", "completing"])
 def test_handshake_never_hides_a_pending_callback_error(
-    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool, step: str
 ) -> None:
     """
     An error a callback left with pyOpenSSL (its helper keeps it to raise
-    after the OpenSSL call) is raised even when OpenSSL itself only waits.
+    after the OpenSSL call) is raised, whether OpenSSL itself only waits for
+    the client or has just completed the handshake.
     """
     monkeypatch.setattr(_membio, "DIRECT", direct and _membio.DIRECT)
     server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     server_ctx.set_alpn_select_callback(lambda connection, offered: b"h2")
-    _client, server = _pair(ca, server_ctx)
+    client, server = _pair(ca, server_ctx)
+    if step == "completing":
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        pump(client, server)
+        assert _membio.handshake(server) is False
+        pump(server, client)
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        pump(client, server)  # the client's Finished: the next call completes
     helper = server_ctx._alpn_select_helper  # type: ignore[attr-defined]
     helper._problems.append(LookupError("left by a callback"))
     with pytest.raises(LookupError, match="left by a callback"):
-        _membio.handshake(server)  # no ClientHello yet: OpenSSL only waits
+        _membio.handshake(server)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_recv_tells_the_peers_close_notify(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """
+    After the data before it, the peer's close_notify is C{b""} directly, or
+    pyOpenSSL's C{ZeroReturnError} through its method: never data, never
+    "nothing yet".
+    """
+    monkeypatch.setattr(_membio, "DIRECT", direct and _membio.DIRECT)
+    client, server = handshake(ca)
+    client.send(b"last words")
+    client.shutdown()
+    pump(client, server)
+    assert _membio.recv(server, 1 << 16) == b"last words"
+    if direct:
+        assert _membio.recv(server, 1 << 16) == b""
+    else:
+        with pytest.raises(SSL.ZeroReturnError):
+            _membio.recv(server, 1 << 16)
