@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from tests.helpers import Reactor
+from tlsgate import _tcp
 from tlsgate._tcp import (
     LeanClient,
     LeanDialledClient,
@@ -508,7 +509,7 @@ def test_a_dial_connects_the_protocol_then_reports(listener: socket.socket) -> N
     client.doWrite()
     assert results == [(client, None)] and protocol.made
     assert reactor.readers == {client} and reactor.writers == set()
-    assert reactor.getDelayedCalls() == []  # the timeout is gone
+    assert waiting(reactor) == []  # its timeout is gone
     assert client.getPeer().port == address[1]
     assert client.getTcpNoDelay()
     accepted, _ = listener.accept()
@@ -570,6 +571,16 @@ def test_a_factory_that_builds_nothing_fails_the_dial(listener: socket.socket) -
     assert client.socket.fileno() == -1 and (factory.starts, factory.stops) == (1, 1)
 
 
+def waiting(reactor: Reactor) -> list[float]:
+    """The deadlines of the attempts dialled on C{reactor} still waiting for one."""
+    return sorted(
+        deadline
+        for (clock, _), deadlines in _tcp._DEADLINES.items()
+        if clock is reactor
+        for deadline in deadlines.pending.values()
+    )
+
+
 def dial_slowly(
     reactor: Reactor, listener: socket.socket, results: list[Any]
 ) -> LeanClient:
@@ -594,13 +605,49 @@ def test_a_dial_that_does_not_connect_in_time_fails_with_a_timeout(
     assert len(results) == 1
 
 
+def test_attempts_with_one_timeout_share_one_delayed_call(
+    listener: socket.socket,
+) -> None:
+    """
+    However many attempts wait, their clock has one delayed call: each
+    attempt times out at its own deadline, in turn, and one that connected
+    or was cancelled meanwhile does not.
+    """
+    reactor = Reactor()
+    results: list[Any] = []
+    first = dial_slowly(reactor, listener, results)
+    reactor.advance(0.5)
+    cancelled = dial_slowly(reactor, listener, results)
+    connected = dial_slowly(reactor, listener, results)
+    reactor.advance(0.5)
+    last = dial_slowly(reactor, listener, results)
+    assert len(reactor.getDelayedCalls()) == 1
+    cancelled.cancel()
+    writable(connected)
+    connected.doWrite()
+    assert results == [(connected, None)]
+    assert waiting(reactor) == [2, 3]
+    reactor.advance(1)  # t=2: the first is due
+    assert [t for t, _ in results[1:]] == [None] and results[1][1].check(
+        error.TimeoutError
+    )
+    assert first.socket.fileno() == -1 and last.socket.fileno() != -1
+    [call] = reactor.getDelayedCalls()
+    assert call.getTime() == 3  # the next deadline
+    reactor.advance(1)
+    assert len(results) == 3 and last.socket.fileno() == -1
+    assert waiting(reactor) == [] and reactor.getDelayedCalls() == []
+    connected.abortConnection()
+    reactor.advance(0)
+
+
 def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
     reactor = Reactor()
     results: list[Any] = []
     client = dial_slowly(reactor, listener, results)
     client.cancel()
     assert results == [] and reactor.writers == set()
-    assert reactor.getDelayedCalls() == [] and client.socket.fileno() == -1
+    assert waiting(reactor) == [] and client.socket.fileno() == -1
 
 
 def test_only_plain_tcp_endpoints_to_an_ip_address_are_dialled_directly() -> None:
@@ -661,12 +708,13 @@ def test_a_direct_backend_keeps_its_endpoints_own_timeout() -> None:
     dialled: list[float] = []
     pool = BackendPool([backend], clock=reactor, connect_timeout=5, reactor=reactor)
     pool.dial(Factory.forProtocol(Recorder), lambda p, f: dialled.append(1))
-    [call] = reactor.getDelayedCalls()
-    assert call.getTime() == 2  # the shorter of the pool's 5 s and the endpoint's 2 s
+    assert waiting(reactor) == [
+        2
+    ]  # the shorter of the pool's 5 s and the endpoint's 2 s
     unlimited = BackendPool(
         [backend], clock=reactor, connect_timeout=0, reactor=reactor
     )
     unlimited.dial(Factory.forProtocol(Recorder), lambda p, f: dialled.append(1))
-    assert len(reactor.getDelayedCalls()) == 2  # 0: the endpoint's own, still
+    assert waiting(reactor) == [2, 2]  # 0: the endpoint's own, still
     reactor.advance(2)
     assert len(dialled) == 2
