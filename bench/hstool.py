@@ -150,10 +150,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def _proc_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process, all its threads (live or exited)."""
+    return sum(_proc_cpu_split(pid))
+
+
+def _proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def _cores() -> dict[str, tuple[int, int]]:

@@ -7,6 +7,7 @@ of tlsgate (before and after a change) where timings drown in noise.
     python bench/instructions.py --tree /path/to/other/checkout --tree .
     python bench/instructions.py --connections 500 --tls-version 1.2
     python bench/instructions.py --server twfloor     # or floor, floor-socket-bio
+    python bench/instructions.py --server hitch       # hitch 1.7 on the system OpenSSL
     python bench/instructions.py --keep /tmp/cg       # then callgrind_annotate /tmp/cg/0/*
 
 Each tree's gateway (``twistd -n tlsgate --config X.ini`` with the tree's
@@ -175,6 +176,23 @@ def in_process(
     backend.shutdown()
 
 
+def hitch_worker(conf: Path) -> str:
+    """The pid of hitch's one worker (the master's child that serves)."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"hitch --config={conf}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+
+    # The master, its worker and its OCSP helper: the worker is the one
+    # that has used CPU since start-up (it handled the warm-up).
+    def cpu(pid: str) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    return max(found, key=cpu)
+
+
 def count(
     tree: Path, connections: int, version: str, workdir: Path, server: str = "tlsgate"
 ) -> int:
@@ -187,7 +205,30 @@ def count(
     pidfile = workdir / "twistd.pid"
     twistd = Path(sys.executable).with_name("twistd")
     env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
-    if server == "tlsgate":
+    control = ["callgrind_control"]
+    if server == "hitch":
+        # One worker, as bench/peers.py runs it; it refuses to run as root,
+        # so valgrind runs as its user, and callgrind_control must too.
+        pem = workdir / "hitch.pem"
+        pem.write_text(cert.read_text() + key.read_text())
+        conf = workdir / "hitch.conf"
+        conf.write_text(
+            f'frontend = "[127.0.0.1]:{port}"\n'
+            f'backend = "[127.0.0.1]:{backend.server_address[1]}"\n'
+            f'pem-file = "{pem}"\nworkers = 1\ndaemon = off\nsyslog = off\n'
+        )
+        workdir.chmod(0o777)
+        for f in (pem, conf):
+            f.chmod(0o644)
+        user = ["runuser", "-u", "_hitch", "--"] if os.geteuid() == 0 else []
+        control = [*user, "callgrind_control"]
+        argv = [*user, "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                "--trace-children=yes", f"--callgrind-out-file={out}.%p",
+                "hitch", f"--config={conf}"]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    elif server == "tlsgate":
         argv = [str(twistd), "-n", "--pidfile", str(pidfile),
                 "-l", str(workdir / "gateway.log"), "tlsgate", "--config", str(ini)]  # fmt: skip
     else:
@@ -195,11 +236,12 @@ def count(
                 "--cert", str(cert), "--key", str(key), "--port", str(port),
                 "--backend", f"127.0.0.1:{backend.server_address[1]}",
                 *FLOORS[server]]  # fmt: skip
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-         f"--callgrind-out-file={out}", *argv],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    if server != "hitch":
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}", *argv],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -218,20 +260,24 @@ def count(
                 time.sleep(0.5)
         for _ in range(50):
             one_connection(port, ctx)
-        pid = pidfile.read_text().strip() if server == "tlsgate" else str(proc.pid)
-        subprocess.run(
-            ["callgrind_control", "-i", "on", pid], check=True, capture_output=True
-        )
-        for _ in range(connections):
-            one_connection(port, ctx)
-        subprocess.run(
-            ["callgrind_control", "-i", "off", pid], check=True, capture_output=True
-        )
-        subprocess.run(
-            ["callgrind_control", "-d", pid], check=True, capture_output=True
-        )
+        if server == "hitch":
+            pid = hitch_worker(workdir / "hitch.conf")
+        elif server == "tlsgate":
+            pid = pidfile.read_text().strip()
+        else:
+            pid = str(proc.pid)
+        for step in (["-i", "on"], None, ["-i", "off"], ["-d"]):
+            if step is None:
+                for _ in range(connections):
+                    one_connection(port, ctx)
+            else:
+                subprocess.run([*control, *step, pid], check=True, capture_output=True)
     finally:
-        proc.terminate()
+        if server == "hitch":
+            # runuser waits for valgrind; hitch's master ends its workers.
+            subprocess.run(["pkill", "-f", f"hitch --config={workdir}"], check=False)
+        else:
+            proc.terminate()
         proc.wait(timeout=60)
         backend.shutdown()
         backend.server_close()
@@ -264,8 +310,9 @@ def main() -> int:
     p.add_argument(
         "--server",
         default="tlsgate",
-        choices=["tlsgate", *FLOORS],
-        help="count a floor of bench/floor_relay.py instead of the gateway",
+        choices=["tlsgate", "hitch", *FLOORS],
+        help="count a floor of bench/floor_relay.py, or hitch (one worker, run"
+        " as _hitch when this runs as root), instead of the gateway",
     )
     args = p.parse_args()
     trees = args.tree or [REPO]

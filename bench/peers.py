@@ -142,11 +142,17 @@ def session_pids(sid: int) -> list[int]:
 
 
 def tree_cpu(sid: int) -> float:
-    total = 0.0
+    return sum(tree_cpu_split(sid))
+
+
+def tree_cpu_split(sid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a session's processes."""
+    user = system = 0.0
     for pid in session_pids(sid):
         with suppress(OSError):
-            total += hstool._proc_cpu_seconds(pid)
-    return total
+            u, k = hstool._proc_cpu_split(pid)
+            user, system = user + u, system + k
+    return user, system
 
 
 def tree_rss_kib(sid: int) -> int:
@@ -499,14 +505,14 @@ stream {{
         """CPU of the server, the clients (this process's children), the
         backend and the cores over the block; filled in when it ends."""
         acct: dict[str, Any] = {}
-        c0, b0 = tree_cpu(sid), tree_cpu(self.backend_sid)
+        (u0, k0), b0 = tree_cpu_split(sid), tree_cpu(self.backend_sid)
         l0, cores0, t0 = (
             hstool._children_cpu_seconds(),
             hstool._cores(),
             time.monotonic(),
         )
         yield acct
-        c1, b1 = tree_cpu(sid), tree_cpu(self.backend_sid)
+        (u1, k1), b1 = tree_cpu_split(sid), tree_cpu(self.backend_sid)
         l1, cores1, t1 = (
             hstool._children_cpu_seconds(),
             hstool._cores(),
@@ -514,7 +520,7 @@ stream {{
         )
         wall = t1 - t0
         busy = {c: (cores1[c][0] - cores0[c][0]) / hstool.TICK for c in cores1}
-        server, load, back = c1 - c0, l1 - l0, b1 - b0
+        server, load, back = (u1 + k1) - (u0 + k0), l1 - l0, b1 - b0
 
         def pct(x: float) -> float:
             return round(100 * x / wall, 1)
@@ -522,6 +528,7 @@ stream {{
         acct.update(
             wall_s=round(wall, 3),
             server_cpu_s=round(server, 3),
+            server_user_s=round(u1 - u0, 3),
             server_cpu_pct=pct(server),
             client_cpu_pct=pct(load),
             backend_cpu_pct=pct(back),
@@ -572,6 +579,7 @@ stream {{
             "errors": r["errors"],
             "work": r["requests"],
             "cpu_us_per_unit": round(1e6 * acct["server_cpu_s"] / r["requests"], 1),
+            "user_us_per_unit": round(1e6 * acct["server_user_s"] / r["requests"], 1),
             **acct,
         }
 

@@ -132,6 +132,27 @@ def report(path: str, settings_line: str) -> str:
             + " |"
         )
 
+    split = [
+        s for s in servers
+        if any("user_us_per_unit" in r for f in ("ecdsa", "rsa") for r in cells.get((s, f), []))
+    ]  # fmt: skip
+    if split:
+        out += [
+            "",
+            "Where each handshake's server CPU went: user space (OpenSSL, the"
+            " server's own code, libc) and the kernel (sockets, epoll), µs per"
+            " handshake, medians:",
+            "",
+            "| server | ECDSA user | ECDSA kernel | RSA user | RSA kernel |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for s in split:
+            row = [LABELS[s]]
+            for fig in ("ecdsa", "rsa"):
+                user = value(s, fig, "user_us_per_unit")
+                row += [fmt(user, 0), fmt(value(s, fig, "cpu_us_per_unit") - user, 0)]
+            out.append("| " + " | ".join(row) + " |")
+
     def ratio(a: float, b: float) -> str:
         return "-" if math.isnan(a) or math.isnan(b) or not b else f"{a / b:.2f}x"
 
