@@ -183,14 +183,19 @@ def hitch_worker(conf: Path) -> str:
         capture_output=True, text=True, check=False,
     ).stdout.split()  # fmt: skip
 
-    # The master, its worker and its OCSP helper: the worker is the one
-    # that has used CPU since start-up (it handled the warm-up).
-    def cpu(pid: str) -> int:
+    def stat(pid: str) -> list[str]:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+            return f.read().rsplit(")", 1)[1].split()
 
-    return max(found, key=cpu)
+    # Under valgrind (not runuser): the master, and its children, its worker
+    # and its OCSP helper; the worker has used CPU (it served the warm-up).
+    hitch = [
+        p
+        for p in found
+        if b"valgrind" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+    ]
+    children = [p for p in hitch if stat(p)[1] in hitch]
+    return max(children, key=lambda p: int(stat(p)[11]) + int(stat(p)[12]))
 
 
 def count(
