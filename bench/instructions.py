@@ -5,7 +5,7 @@ of tlsgate (before and after a change) where timings drown in noise.
 
     python bench/instructions.py                      # this tree
     python bench/instructions.py --tree /path/to/other/checkout --tree .
-    python bench/instructions.py --connections 500 --tls-version 1.2
+    python bench/instructions.py --connections 500 --tls-version 1.2 --key rsa
     python bench/instructions.py --server twfloor     # or floor, floor-socket-bio
     python bench/instructions.py --server hitch       # hitch 1.7 on the system OpenSSL
     python bench/instructions.py --keep /tmp/cg       # then callgrind_annotate /tmp/cg/0/*
@@ -67,12 +67,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_certificate(workdir: Path) -> tuple[Path, Path]:
+#: The key each count's certificate has (C{--key}).
+KEYS = {
+    "ecdsa": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "rsa": ["-newkey", "rsa:2048"],
+}
+
+
+def make_certificate(workdir: Path, kind: str = "ecdsa") -> tuple[Path, Path]:
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-         "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-subj", "/CN=localhost", "-days", "2"],
+        ["openssl", "req", "-x509", *KEYS[kind], "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-subj", "/CN=localhost", "-days", "2"],
         check=True, capture_output=True,
     )  # fmt: skip
     # Dated back: the reloading factory re-reads files changed in the last 2 s.
@@ -105,13 +111,13 @@ def one_connection(port: int, ctx: ssl.SSLContext) -> None:
 FLOORS = {"floor": [], "floor-socket-bio": ["--socket-bio"], "twfloor": ["--twisted"]}
 
 
-def setting(workdir: Path) -> tuple[Server, int, Path, Path, Path]:
+def setting(workdir: Path, kind: str = "ecdsa") -> tuple[Server, int, Path, Path, Path]:
     """
     A loopback backend (serving, in a thread), a free port, a certificate and
     key, and a gateway config in C{workdir} that relays that port to that
     backend with C{session_resumption = off}.
     """
-    cert, key = make_certificate(workdir)
+    cert, key = make_certificate(workdir, kind)
     backend = Server(("127.0.0.1", 0), Backend)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     port = free_port()
@@ -199,13 +205,18 @@ def hitch_worker(conf: Path) -> str:
 
 
 def count(
-    tree: Path, connections: int, version: str, workdir: Path, server: str = "tlsgate"
+    tree: Path,
+    connections: int,
+    version: str,
+    workdir: Path,
+    server: str = "tlsgate",
+    kind: str = "ecdsa",
 ) -> int:
     """
     Instructions of the gateway of C{tree} (or of the floor C{server} names,
     L{FLOORS}) over C{connections} connections.
     """
-    backend, port, cert, key, ini = setting(workdir)
+    backend, port, cert, key, ini = setting(workdir, kind)
     out = workdir / "callgrind.out"
     pidfile = workdir / "twistd.pid"
     twistd = Path(sys.executable).with_name("twistd")
@@ -312,6 +323,7 @@ def main() -> int:
         help="copy each tree's callgrind dumps into DIR/<n>/ for callgrind_annotate",
     )
     p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"])
+    p.add_argument("--key", default="ecdsa", choices=sorted(KEYS))
     p.add_argument(
         "--server",
         default="tlsgate",
@@ -329,6 +341,7 @@ def main() -> int:
                 args.tls_version,
                 Path(tmp),
                 args.server,
+                args.key,
             )
             if args.keep:
                 kept = args.keep / str(n)
@@ -338,7 +351,7 @@ def main() -> int:
         print(
             f"{tree} ({args.server}): {total / args.connections:,.0f} instructions"
             " per connection"
-            f" (TLS {args.tls_version}, {args.connections} connections)"
+            f" (TLS {args.tls_version}, {args.key}, {args.connections} connections)"
         )
     return 0
 
