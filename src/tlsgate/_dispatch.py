@@ -25,6 +25,7 @@ from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
+from twisted.python.failure import Failure
 
 #: The epoll reactor's event bits, as its _doReadOrWrite reads them.
 _IN = EPollReactor._POLL_IN
@@ -32,6 +33,14 @@ _OUT = EPollReactor._POLL_OUT
 _DISCONNECTED = EPollReactor._POLL_DISCONNECTED
 #: What a descriptor whose fileno() is -1 is disconnected with (as posixbase).
 _NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
+#: What a half-closeable descriptor's readConnectionLost is given at the
+#: peer's FIN (posixbase gives one shared failure too).
+_DONE = Failure(error.ConnectionDone())
+
+#: tlsgate's transport classes that provide IHalfCloseableDescriptor (their
+#: modules add them): their FIN is handled in the loop. Any other class goes
+#: through the reactor's _disconnectSelectable.
+HALF_CLOSING: set[type] = set()
 
 
 def _do_poll(self: Any, timeout: float | None) -> None:
@@ -82,7 +91,24 @@ def _do_poll(self: Any, timeout: float | None) -> None:
                     why = sys.exc_info()[1]
                     log.err()
             if why:
-                self._disconnectSelectable(selectable, why, in_read)
+                if (
+                    in_read
+                    and why is CONNECTION_DONE
+                    and type(selectable) in HALF_CLOSING
+                    and fd in reads
+                ):
+                    # The peer's FIN on a half-closeable transport of
+                    # tlsgate's: _disconnectSelectable's reader removal and
+                    # readConnectionLost, without its calls and interface test.
+                    reads.discard(fd)
+                    if fd in self._writes:
+                        self._poller.modify(fd, _OUT)
+                    else:
+                        del selectables[fd]
+                        self._poller.unregister(fd)
+                    selectable.readConnectionLost(_DONE)
+                else:
+                    self._disconnectSelectable(selectable, why, in_read)
         except KeyboardInterrupt:
             raise
         except BaseException:

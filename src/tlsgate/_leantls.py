@@ -80,6 +80,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer_only
 
+from tlsgate._dispatch import HALF_CLOSING
 from tlsgate._membio import (
     BURST,
     NULL,
@@ -440,3 +441,6 @@ class LeanTLSServer(TLSServerCore, LeanServer):
             self._tlsConnection = None
             # Nor through the protocol, which keeps its transport.
             self.wrappedProtocol = None
+
+
+HALF_CLOSING.add(LeanTLSServer)  # see tlsgate._tcp

@@ -210,14 +210,15 @@ def handshake(connection: Any) -> bool:
 
 def _callbacks_fine(context: Any) -> bool:
     """No callback of C{context} (verify, ALPN, OCSP) has an error to raise."""
-    for helper in (
-        context._verify_helper,
-        context._alpn_select_helper,
-        context._ocsp_helper,
-    ):
-        if helper is not None and getattr(helper, "_problems", True):
-            return False
-    return True
+    # Spelt out, not a loop over a tuple: it runs a few times per connection.
+    helper = context._verify_helper
+    if helper is not None and getattr(helper, "_problems", True):
+        return False
+    helper = context._alpn_select_helper
+    if helper is not None and getattr(helper, "_problems", True):
+        return False
+    helper = context._ocsp_helper
+    return helper is None or not getattr(helper, "_problems", True)
 
 
 def recv(connection: Any, size: int) -> bytes:

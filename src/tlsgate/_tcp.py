@@ -54,6 +54,7 @@ from typing import Any
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
     IProtocol,
     IProtocolFactory,
     IReactorFDSet,
@@ -64,6 +65,8 @@ from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.python.runtime import platformType
+
+from tlsgate._dispatch import HALF_CLOSING
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -253,7 +256,11 @@ class _Lean:
         self._pause_pending = True
 
     def resumeProducing(self) -> None:
-        self._pause_pending = False
+        if self._pause_pending:
+            # Paused and resumed with no read between: reading never
+            # stopped, so there is nothing to register again.
+            self._pause_pending = False
+            return
         tcp.Connection.resumeProducing(self)  # type: ignore[arg-type]
 
     def startReading(self) -> None:
@@ -668,3 +675,9 @@ class LeanClient(_Lean, tcp.Connection):
         self.stopWriting()
         self.disconnected = 1
         self.socket.close()
+
+
+# The peer's FIN on these is handled in lean_dispatch's loop.
+for _half_closing in (LeanServer, LeanClient):
+    if IHalfCloseableDescriptor.implementedBy(_half_closing):
+        HALF_CLOSING.add(_half_closing)

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tlsgate._dispatch import lean_dispatch
 from tlsgate._tcp import LeanServer
@@ -201,4 +203,50 @@ def test_a_transport_lost_while_unregistered_touches_nothing(
     assert other.data == b"still here"
     assert transport not in r._selectables.values()
     assert other_transport in r._selectables.values()
+    theirs.close()
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_closed = 0
+
+    def readConnectionLost(self) -> None:
+        self.read_closed += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("writing", [False, True])
+def test_a_peers_fin_half_closes_and_stops_only_the_reading(
+    reactor: EPollReactor, writing: bool
+) -> None:
+    """
+    The peer's FIN on a half-closeable lean transport: the protocol's
+    readConnectionLost, once; the descriptor leaves the readers (and the
+    epoll set, unless it is still writing); the other direction still works.
+    """
+    ours, theirs = socket.socketpair()
+    protocol = HalfCloser()
+    transport = LeanServer(ours, protocol, ("a", 1), None, 1, reactor)
+    protocol.makeConnection(transport)
+    fd = transport.fileno()
+    r: Any = reactor
+    if writing:
+        transport.startWriting()
+    theirs.shutdown(socket.SHUT_WR)
+    reactor.doIteration(0)
+    assert protocol.read_closed == 1 and not protocol.lost
+    assert fd not in r._reads
+    assert (fd in r._selectables) is writing and (fd in r._writes) is writing
+    reactor.doIteration(0)  # no second FIN event
+    assert protocol.read_closed == 1
+    transport.write(b"answer")
+    assert theirs.recv(100) == b"answer"
+    transport.loseConnection()
+    reactor.doIteration(0)
+    reactor.runUntilCurrent()  # the close due at the start of the next turn
+    assert protocol.lost and fd not in r._selectables
     theirs.close()
