@@ -140,12 +140,15 @@ class _Deadlines:
         #: attempt -> its deadline, in the order they were dialled.
         self.pending: dict[LeanClient, float] = {}
         self._call: Any = None
+        self._expiring = False
 
     def add(self, client: LeanClient) -> None:
         self.pending[client] = self.clock.seconds() + self.timeout
-        # A call cancelled from outside (a test's reactor clean-up) must not
-        # leave attempts without a timeout.
-        if self._call is None or not self._call.active():
+        # While _expire runs (an attempt timed out, and its caller dialled
+        # again), it times what is left itself when done. A call cancelled
+        # from outside (a test's reactor clean-up) must not leave attempts
+        # without a timeout.
+        if not self._expiring and (self._call is None or not self._call.active()):
             self._call = self.clock.callLater(self.timeout, self._expire)
 
     def discard(self, client: LeanClient) -> None:
@@ -155,16 +158,23 @@ class _Deadlines:
         self._call = None
         pending = self.pending
         now = self.clock.seconds()
-        while pending:
-            client, deadline = next(iter(pending.items()))
-            if deadline > now:
-                self._call = self.clock.callLater(deadline - now, self._expire)
-                return
-            del pending[client]
-            try:
-                client._timed_out()
-            except Exception:
-                self._log.failure("timing out {client!r}", client=client)
+        self._expiring = True
+        try:
+            while pending:
+                client, deadline = next(iter(pending.items()))
+                if deadline > now:
+                    break
+                del pending[client]
+                try:
+                    client._timed_out()
+                except Exception:
+                    self._log.failure("timing out {client!r}", client=client)
+        finally:
+            self._expiring = False
+        if pending:
+            # One call, for the first deadline left.
+            deadline = next(iter(pending.values()))
+            self._call = self.clock.callLater(max(0.0, deadline - now), self._expire)
 
 
 #: (clock, timeout) -> its deadlines (as L{_CLOSERS}: a gateway has one

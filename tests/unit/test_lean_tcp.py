@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import error, tcp
+from twisted.internet import error, task, tcp
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -639,6 +639,43 @@ def test_attempts_with_one_timeout_share_one_delayed_call(
     assert waiting(reactor) == [] and reactor.getDelayedCalls() == []
     connected.abortConnection()
     reactor.advance(0)
+
+
+def test_a_dial_made_as_another_times_out_adds_no_second_delayed_call() -> None:
+    """
+    An attempt that times out makes its caller dial again (failover to the
+    next backend), from inside the expiry: the clock still has one delayed
+    call, at the first deadline left, however often that happens.
+    """
+    clock = task.Clock()
+    deadlines = _tcp._deadlines(clock, 5.0)
+    timed_out: list[str] = []
+
+    class Attempt:
+        def __init__(self, name: str, redial: bool) -> None:
+            self.name, self.redial = name, redial
+
+        def _timed_out(self) -> None:
+            timed_out.append(self.name)
+            if self.redial:
+                deadlines.add(Attempt(self.name + "'", False))  # type: ignore[arg-type]
+
+    for i in range(10):
+        deadlines.add(Attempt(f"a{i}", True))  # type: ignore[arg-type]
+        clock.advance(1)
+        assert len(clock.getDelayedCalls()) == 1
+    # Due at 5 to 10, in the order they were dialled: a0' (a0's redial, at 5)
+    # before a5 (dialled after it).
+    assert timed_out == ["a0", "a1", "a2", "a3", "a4", "a0'", "a5"]
+    [call] = clock.getDelayedCalls()
+    assert call.getTime() == 11  # a1' (a redial): its deadline, the first left
+    for _ in range(5):
+        clock.advance(1)
+        assert len(clock.getDelayedCalls()) == 1
+    assert timed_out[7:] == ["a1'", "a6", "a2'", "a7", "a3'", "a8", "a4'", "a9", "a5'"]
+    clock.advance(10)
+    assert len(timed_out) == 20 and clock.getDelayedCalls() == []
+    assert deadlines.pending == {}
 
 
 def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
