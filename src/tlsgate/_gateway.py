@@ -30,7 +30,7 @@ from tlsgate._dispatch import lean_dispatch
 from tlsgate._drain import StagedDrain
 from tlsgate._leantls import LeanTLS
 from tlsgate._sdnotify import INotifier, NoNotifier
-from tlsgate._tcp import use_lean_transports
+from tlsgate._tcp import linger, use_lean_transports
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig
@@ -254,6 +254,8 @@ class GatewayService(MultiService):
         # The gateway's own reactor dispatches events without a logging
         # context each (tlsgate logs by namespace): see tlsgate._dispatch.
         lean_dispatch(self.clock)
+        # Its shared timers keep their delayed call between connections.
+        linger(self.clock)
         super().startService()
         for listener in self.listeners.values():
             listener.expiry.start()

@@ -48,6 +48,7 @@ from tlsgate._membio import (
     renew,
     send,
 )
+from tlsgate._tcp import LINGERING, _cancel
 
 
 class Renewals:
@@ -58,7 +59,9 @@ class Renewals:
     BIOs of a bulk transfer are renewed at most once per period, and a
     connection that ends first costs no renewal: a renewal made as soon as
     each handshake completed, as before, cost a relayed connection about 1%
-    of its instructions (C{bench/instructions.py}).
+    of its instructions (C{bench/instructions.py}). Once no connection is
+    due the call is cancelled, except on the gateway's own reactor
+    (L{tlsgate._tcp.linger}).
     """
 
     _log = Logger()
@@ -68,6 +71,8 @@ class Renewals:
         #: Insertion-ordered: renewed in the order they became due.
         self.due: dict[TLSServerCore, None] = {}
         self._call: Any = None
+        #: Keep the call when no connection is due (L{tlsgate._tcp.linger}).
+        self.linger = clock in LINGERING
 
     def add(self, core: TLSServerCore) -> None:
         self.due[core] = None
@@ -77,7 +82,10 @@ class Renewals:
             self._call = self.clock.callLater(RENEW_AFTER, self.run)
 
     def discard(self, core: TLSServerCore) -> None:
-        self.due.pop(core, None)
+        due = self.due
+        due.pop(core, None)
+        if not due and not self.linger:
+            _cancel(self)
 
     def run(self) -> None:
         self._call = None
@@ -180,12 +188,17 @@ class TLSServerCore:
         """
         if (
             self._due
+            or self._held
+            or self._ending
             or self._fin
             or self.read_closed
             or self.write_closed
             or self._lostTLSConnection
         ):
-            return  # due already; or an input BIO at EOF, which must stay
+            # Due already; or TLS 1.3 tickets wait in the output BIO (the
+            # write that sends them asks again); or the connection is going;
+            # or an input BIO at EOF, which must stay.
+            return
         self._due = True
         renewals(self._renewal_clock).add(self)
 
@@ -201,8 +214,9 @@ class TLSServerCore:
             return  # gone, or an input BIO at EOF that must stay
         if renew(self._tlsConnection):
             self._grown = False
-        else:
-            self._renew_bios()  # bytes in flight: the next sweep
+        # Otherwise part of a record is in the input BIO: the read that
+        # brings the rest asks again (_grown stays set), rather than a
+        # retry at every sweep while the client is idle.
 
     def _cancel_renewal(self) -> None:
         """The connection ends: no renewal is due any more."""

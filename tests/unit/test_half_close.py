@@ -829,8 +829,38 @@ def test_a_connection_that_ends_before_the_sweep_costs_no_renewal(
     c.move()
     c.tcp_closed()
     assert renewals(c) == 0  # it left the sweep as it ended
+    sweep = _tlscore.renewals(c.clock)
+    # Not the gateway's reactor: nothing of the sweep's is left on the clock.
+    assert not [d for d in c.clock.getDelayedCalls() if d.func == sweep.run]
     c.clock.advance(RENEW_AFTER)
     assert renewed == []
+
+
+def test_held_tickets_keep_the_bios_until_the_first_answer_without_retries(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    TLS 1.3 tickets wait in the output BIO until the first answer: no renewal
+    is tried meanwhile, however long the client is quiet; after the answer,
+    the next sweep renews.
+    """
+    tried: list[object] = []
+    real = _tlscore.renew
+    monkeypatch.setattr(_tlscore, "renew", lambda tls: tried.append(tls) or real(tls))
+    c = connect(handshake=False)
+    before = bios(c)
+    c.handshake()
+    assert c.held > 0
+    c.send(b"request")
+    for _ in range(10):
+        c.clock.advance(RENEW_AFTER)
+    assert tried == [] and renewals(c) == 0 and bios(c) == before
+    c.backend.protocol.dataReceived(b"answer")
+    c.move()
+    assert c.read() == (b"answer", None)
+    assert renewals(c) == 1
+    c.clock.advance(RENEW_AFTER)
+    assert len(tried) == 1 and bios(c) != before
 
 
 def test_one_sweep_renews_every_connection_due() -> None:
@@ -901,7 +931,7 @@ def past_first_answer(connect: Connect) -> Connection:
     return c
 
 
-def test_after_a_burst_the_bios_are_renewed_a_second_later(connect: Connect) -> None:
+def test_after_a_burst_the_bios_are_renewed_at_the_next_sweep(connect: Connect) -> None:
     c = past_first_answer(connect)
     settled = bios(c)
     c.backend.protocol.dataReceived(b"b" * 100_000)  # a burst to the client

@@ -154,6 +154,22 @@ def test_a_pause_resumed_before_any_data_touches_no_registration(
     assert protocol.data == b"x"
 
 
+def test_a_second_pause_after_reading_stopped_is_undone_by_one_resume(
+    pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
+) -> None:
+    """Pause, a read that stops reading, pause again, resume: reading again."""
+    transport, theirs, reactor, protocol = pair
+    transport.pauseProducing()
+    theirs.sendall(b"request")
+    transport.doRead()
+    assert transport not in reactor.readers
+    transport.pauseProducing()  # e.g. the tracker closing a paused client
+    transport.resumeProducing()
+    assert transport in reactor.readers
+    transport.doRead()
+    assert protocol.data == b"request"
+
+
 def test_data_arriving_while_paused_stays_unread_until_resumed(
     pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
 ) -> None:
@@ -676,6 +692,31 @@ def test_a_dial_made_as_another_times_out_adds_no_second_delayed_call() -> None:
     clock.advance(10)
     assert len(timed_out) == 20 and clock.getDelayedCalls() == []
     assert deadlines.pending == {}
+
+
+@pytest.mark.parametrize("lingering", [False, True])
+def test_an_embedders_clock_keeps_no_call_once_no_attempt_waits(
+    lingering: bool,
+) -> None:
+    """
+    Once the last attempt connected or was cancelled, the shared call is
+    cancelled, so an embedder's (or a test's) reactor is left clean; the
+    gateway's own reactor keeps it (_tcp.linger) until it fires.
+    """
+    clock = task.Clock()
+    if lingering:
+        _tcp.linger(clock)
+    deadlines = _tcp._deadlines(clock, 5.0)
+    first, second = object(), object()
+    deadlines.add(first)  # type: ignore[arg-type]
+    deadlines.add(second)  # type: ignore[arg-type]
+    deadlines.discard(first)  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) == 1
+    deadlines.discard(second)  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) == (1 if lingering else 0)
+    clock.advance(5)
+    assert clock.getDelayedCalls() == []
+    _tcp.LINGERING.discard(clock)
 
 
 def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
