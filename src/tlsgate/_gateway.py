@@ -26,11 +26,12 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsgate._batch import linger
 from tlsgate._dispatch import lean_dispatch
 from tlsgate._drain import StagedDrain
 from tlsgate._leantls import LeanTLS
 from tlsgate._sdnotify import INotifier, NoNotifier
-from tlsgate._tcp import linger, use_lean_transports
+from tlsgate._tcp import use_lean_transports
 from tlsgate.certs import ReloadingContextFactory
 from tlsgate.certs._expiry import ExpiryWarnings
 from tlsgate.config import GatewayConfig, ListenerConfig

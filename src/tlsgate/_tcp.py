@@ -49,6 +49,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
+from operator import methodcaller
 from typing import Any
 
 from twisted.internet import abstract, error, tcp
@@ -67,6 +68,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.python.runtime import platformType
 
+from tlsgate._batch import LINGERING, Batch, cancel, per_clock
 from tlsgate._dispatch import HALF_CLOSING
 
 #: What one connection's log events are prefixed with (the stock transports
@@ -74,47 +76,17 @@ from tlsgate._dispatch import HALF_CLOSING
 LOG_PREFIX = "tlsgate"
 
 
-class _Closer:
-    """
-    The connections of one reactor that close at the start of its next turn:
-    one C{callLater(0)} however many close in a turn.
-    """
-
-    _log = Logger()
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self.reactor = reactor
-        self.pending: list[_Lean] = []
-        self._call: Any = None
-
-    def add(self, transport: _Lean) -> None:
-        # A call cancelled from outside (a test's reactor clean-up) must not
-        # leave the closes pending forever.
-        if self._call is None or not self._call.active():
-            self._call = self.reactor.callLater(0, self.run)
-        self.pending.append(transport)
-
-    def run(self) -> None:
-        self._call = None
-        pending, self.pending = self.pending, []
-        for transport in pending:
-            try:
-                transport._close_now()
-            except Exception:
-                self._log.failure("closing {transport!r}", transport=transport)
+#: What closes at the start of the next turn: one C{callLater(0)} per
+#: reactor however many close in a turn (see L{_Lean.loseConnection}).
+_CLOSERS: dict[Any, Batch[_Lean]] = {}
 
 
-#: reactor -> its closer. A plain dictionary: a weak one cost each close two
-#: Python calls and kept its keys alive all the same (each closer holds its
-#: reactor). A gateway has one entry; a test run, one per reactor it made.
-_CLOSERS: dict[Any, _Closer] = {}
-
-
-def _closer(reactor: Any) -> _Closer:
-    closer = _CLOSERS.get(reactor)
-    if closer is None:
-        closer = _CLOSERS[reactor] = _Closer(reactor)
-    return closer
+def _closer(reactor: Any) -> Batch[_Lean]:
+    return per_clock(
+        _CLOSERS,
+        reactor,
+        lambda: Batch(reactor, 0, methodcaller("_close_now"), "closing"),
+    )
 
 
 class _Deadlines:
@@ -154,7 +126,7 @@ class _Deadlines:
         pending = self.pending
         pending.pop(client, None)
         if not pending and not self.linger:
-            _cancel(self)
+            cancel(self)
 
     def _expire(self) -> None:
         self._call = None
@@ -179,41 +151,13 @@ class _Deadlines:
             self._call = self.clock.callLater(max(0.0, deadline - now), self._expire)
 
 
-#: The reactors whose shared timers (L{_Deadlines}, and the TLS layers'
-#: L{tlsgate._tlscore.Renewals}) may outlive what they time: see L{linger}.
-LINGERING: set[Any] = set()
-
-
-def linger(reactor: Any) -> None:
-    """
-    Let the shared timers of C{reactor} keep their delayed call when the last
-    thing they timed has gone, until it fires: the gateway's own reactor,
-    where cancelling it and making another for the next connection would
-    cost what sharing it saves. Any other reactor (an embedder's, a test's)
-    is left with no delayed call of tlsgate's once its connections are done,
-    as Twisted's tests expect.
-    """
-    LINGERING.add(reactor)
-
-
-def _cancel(owner: Any) -> None:
-    """Cancel C{owner._call}, if it is pending."""
-    call, owner._call = owner._call, None
-    if call is not None and call.active():
-        call.cancel()
-
-
 #: (clock, timeout) -> its deadlines (as L{_CLOSERS}: a gateway has one
 #: entry per backend timeout).
 _DEADLINES: dict[tuple[Any, float], _Deadlines] = {}
 
 
 def _deadlines(clock: IReactorTime, timeout: float) -> _Deadlines:
-    key = (clock, timeout)
-    found = _DEADLINES.get(key)
-    if found is None:
-        found = _DEADLINES[key] = _Deadlines(clock, timeout)
-    return found
+    return per_clock(_DEADLINES, (clock, timeout), lambda: _Deadlines(clock, timeout))
 
 
 class _Lean:

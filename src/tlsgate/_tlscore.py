@@ -26,14 +26,15 @@ connection closes (C{_close_tcp}), whether the application asked to close
 
 from __future__ import annotations
 
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsgate import _membio
+from tlsgate._batch import Batch, per_clock
 from tlsgate._membio import (
     BURST,
     NULL,
@@ -48,10 +49,9 @@ from tlsgate._membio import (
     renew,
     send,
 )
-from tlsgate._tcp import LINGERING, _cancel
 
 
-class Renewals:
+class Renewals(Batch["TLSServerCore"]):
     """
     The connections of one clock whose memory BIOs are due to be renewed:
     all of them together, L{RENEW_AFTER} seconds after the first was added,
@@ -59,54 +59,22 @@ class Renewals:
     BIOs of a bulk transfer are renewed at most once per period, and a
     connection that ends first costs no renewal: a renewal made as soon as
     each handshake completed, as before, cost a relayed connection about 1%
-    of its instructions (C{bench/instructions.py}). Once no connection is
-    due the call is cancelled, except on the gateway's own reactor
-    (L{tlsgate._tcp.linger}).
+    of its instructions (C{bench/instructions.py}).
     """
 
-    _log = Logger()
-
     def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        #: Insertion-ordered: renewed in the order they became due.
-        self.due: dict[TLSServerCore, None] = {}
-        self._call: Any = None
-        #: Keep the call when no connection is due (L{tlsgate._tcp.linger}).
-        self.linger = clock in LINGERING
-
-    def add(self, core: TLSServerCore) -> None:
-        self.due[core] = None
-        # A call cancelled from outside (a test's reactor clean-up) must not
-        # leave the renewals pending forever.
-        if self._call is None or not self._call.active():
-            self._call = self.clock.callLater(RENEW_AFTER, self.run)
-
-    def discard(self, core: TLSServerCore) -> None:
-        due = self.due
-        due.pop(core, None)
-        if not due and not self.linger:
-            _cancel(self)
-
-    def run(self) -> None:
-        self._call = None
-        due, self.due = self.due, {}
-        for core in due:
-            try:
-                core._renew_due()
-            except Exception:
-                self._log.failure("renewing the BIOs of {core!r}", core=core)
+        super().__init__(
+            clock, RENEW_AFTER, methodcaller("_renew_due"), "renewing the BIOs of"
+        )
 
 
-#: clock -> its renewals (as L{tlsgate._tcp}'s closers: a gateway has one).
+#: clock -> its renewals.
 _RENEWALS: dict[Any, Renewals] = {}
 
 
 def renewals(clock: Any) -> Renewals:
     """The L{Renewals} of C{clock}."""
-    found = _RENEWALS.get(clock)
-    if found is None:
-        found = _RENEWALS[clock] = Renewals(clock)
-    return found
+    return per_clock(_RENEWALS, clock, lambda: Renewals(clock))
 
 
 class TLSServerCore:

@@ -779,6 +779,15 @@ def test_the_backend_fin_reaches_the_relay_through_twisteds_endpoint_wrapper() -
         assert IHandshakeListener.providedBy(wrapper)
 
 
+def end_both_ways(c: Connection) -> None:
+    """The client sends close_notify and FIN, the backend ends: the TCP close."""
+    c.close_notify()
+    c.fin()
+    c.backend.closed()
+    c.move()
+    c.tcp_closed()
+
+
 def renewals(c: Connection) -> int:
     """Whether the connection's BIOs are due at its clock's next sweep."""
     return int(c.server in _tlscore.renewals(c.clock).due)
@@ -823,11 +832,7 @@ def test_a_connection_that_ends_before_the_sweep_costs_no_renewal(
     c.move()
     assert c.read() == (b"answer", None)
     assert renewals(c) == 1
-    c.close_notify()
-    c.fin()
-    c.backend.closed()
-    c.move()
-    c.tcp_closed()
+    end_both_ways(c)
     assert renewals(c) == 0  # it left the sweep as it ended
     sweep = _tlscore.renewals(c.clock)
     # Not the gateway's reactor: nothing of the sweep's is left on the clock.
@@ -963,11 +968,7 @@ def test_a_record_split_across_a_renewal_arrives_whole_and_the_renewal_ends_with
     assert c.backend.wire.value() == b"hello" + b"u" * 50_000 + b"split record"
     c.send(b"x" * 10_000)
     assert renewals(c) == 1
-    c.close_notify()
-    c.fin()
-    c.backend.closed()
-    c.move()
-    c.tcp_closed()
+    end_both_ways(c)
     assert renewals(c) == 0  # the due renewal went with it
 
 

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from tests.helpers import Reactor
-from tlsgate import _tcp
+from tlsgate import _batch, _tcp
 from tlsgate._tcp import (
     LeanClient,
     LeanDialledClient,
@@ -701,11 +701,11 @@ def test_an_embedders_clock_keeps_no_call_once_no_attempt_waits(
     """
     Once the last attempt connected or was cancelled, the shared call is
     cancelled, so an embedder's (or a test's) reactor is left clean; the
-    gateway's own reactor keeps it (_tcp.linger) until it fires.
+    gateway's own reactor keeps it (_batch.linger) until it fires.
     """
     clock = task.Clock()
     if lingering:
-        _tcp.linger(clock)
+        _batch.linger(clock)
     deadlines = _tcp._deadlines(clock, 5.0)
     first, second = object(), object()
     deadlines.add(first)  # type: ignore[arg-type]
@@ -716,7 +716,7 @@ def test_an_embedders_clock_keeps_no_call_once_no_attempt_waits(
     assert len(clock.getDelayedCalls()) == (1 if lingering else 0)
     clock.advance(5)
     assert clock.getDelayedCalls() == []
-    _tcp.LINGERING.discard(clock)
+    _batch.LINGERING.discard(clock)
 
 
 def test_a_cancelled_dial_reports_nothing_and_closes(listener: socket.socket) -> None:
