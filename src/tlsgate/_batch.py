@@ -90,14 +90,18 @@ class Batch(Generic[T]):
                 self._log.failure("{what} {item!r}", what=self.what, item=item)
 
 
-def per_clock(registry: dict[Any, B], key: Any, make: Callable[[], B]) -> B:
+def per_clock(
+    registry: dict[Any, B], key: Any, make: Callable[..., B], *args: Any
+) -> B:
     """
-    C{registry[key]}, made by C{make()} the first time. A plain dictionary:
-    a gateway has one entry per clock (and per timeout), a test run one per
-    reactor it made; a weak one cost each use two Python calls and kept its
-    keys alive all the same (each value holds its clock).
+    C{registry[key]}, made by C{make(*args)} the first time (arguments, not
+    a closure: the callers run per connection, and a lambda would be made on
+    every call). A plain dictionary: a gateway has one entry per clock (and
+    per timeout), a test run one per reactor it made; a weak one cost each
+    use two Python calls and kept its keys alive all the same (each value
+    holds its clock).
     """
     found = registry.get(key)
     if found is None:
-        found = registry[key] = make()
+        found = registry[key] = make(*args)
     return found

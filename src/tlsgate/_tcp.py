@@ -81,12 +81,12 @@ LOG_PREFIX = "tlsgate"
 _CLOSERS: dict[Any, Batch[_Lean]] = {}
 
 
+#: What each closer does with a transport.
+_CLOSE_NOW = methodcaller("_close_now")
+
+
 def _closer(reactor: Any) -> Batch[_Lean]:
-    return per_clock(
-        _CLOSERS,
-        reactor,
-        lambda: Batch(reactor, 0, methodcaller("_close_now"), "closing"),
-    )
+    return per_clock(_CLOSERS, reactor, Batch, reactor, 0, _CLOSE_NOW, "closing")
 
 
 class _Deadlines:
@@ -157,7 +157,7 @@ _DEADLINES: dict[tuple[Any, float], _Deadlines] = {}
 
 
 def _deadlines(clock: IReactorTime, timeout: float) -> _Deadlines:
-    return per_clock(_DEADLINES, (clock, timeout), lambda: _Deadlines(clock, timeout))
+    return per_clock(_DEADLINES, (clock, timeout), _Deadlines, clock, timeout)
 
 
 class _Lean:

@@ -74,7 +74,7 @@ _RENEWALS: dict[Any, Renewals] = {}
 
 def renewals(clock: Any) -> Renewals:
     """The L{Renewals} of C{clock}."""
-    return per_clock(_RENEWALS, clock, lambda: Renewals(clock))
+    return per_clock(_RENEWALS, clock, Renewals, clock)
 
 
 class TLSServerCore:
