@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from twisted.internet import error, task, tcp
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from tests.helpers import Reactor
 from tlsgate import _batch, _tcp
+from tlsgate._dispatch import lean_dispatch
 from tlsgate._tcp import (
     LeanClient,
     LeanDialledClient,
@@ -796,3 +798,105 @@ def test_a_direct_backend_keeps_its_endpoints_own_timeout() -> None:
     assert waiting(reactor) == [2, 2]  # 0: the endpoint's own, still
     reactor.advance(2)
     assert len(dialled) == 2
+
+
+# -- on Twisted's epoll reactor (a private instance, polled by hand) ----------
+
+
+class RecordingPoller:
+    """An epoll object that records the changes made to its set."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.changes: list[tuple[Any, ...]] = []
+
+    def register(self, fd: int, events: int) -> None:
+        self.changes.append(("register", fd, events))
+        self.real.register(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        self.changes.append(("modify", fd, events))
+        self.real.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self.changes.append(("unregister", fd))
+        self.real.unregister(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.fixture(params=["stock", "lean"])
+def epoll(request: pytest.FixtureRequest) -> Iterator[EPollReactor]:
+    """Twisted's epoll reactor, with its own loop or lean_dispatch's."""
+    r = EPollReactor()
+    if request.param == "lean":
+        assert lean_dispatch(r)
+    yield r
+    r._poller.close()  # type: ignore[attr-defined]
+
+
+class CountingSocket(socket.socket):
+    connects = 0
+
+    def connect_ex(self, address: Any) -> int:
+        CountingSocket.connects += 1
+        return super().connect_ex(address)
+
+
+def poll_until(reactor: EPollReactor, results: list[Any]) -> None:
+    for _ in range(20):
+        if results:
+            return
+        reactor.doPoll(0.5)  # type: ignore[attr-defined]
+    raise AssertionError("the dial never completed")
+
+
+def test_on_epoll_writability_connects_a_dial_with_one_change_to_the_set(
+    epoll: EPollReactor, listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "socket", CountingSocket)
+    CountingSocket.connects = 0
+    factory = OneProtocol()
+    results: list[Any] = []
+    client = LeanClient.dial(
+        epoll, listener.getsockname(), factory,
+        lambda t, f: results.append((t, f)), timeout=5, clock=task.Clock(),
+    )  # fmt: skip
+    fd = client.fileno()
+    poller = RecordingPoller(epoll._poller)  # type: ignore[attr-defined]
+    epoll._poller = poller  # type: ignore[attr-defined]
+    poll_until(epoll, results)
+    assert results == [(client, None)] and factory.built.made
+    # The dial's own connect() only: writability said the rest.
+    assert CountingSocket.connects == 1
+    # From writing to reading in one modification, the reactor's sets agreeing.
+    assert poller.changes == [("modify", fd, EPollReactor._POLL_IN)]
+    assert fd in epoll._reads and fd not in epoll._writes  # type: ignore[attr-defined]
+    accepted, _ = listener.accept()
+    accepted.sendall(b"answer")
+    for _ in range(20):
+        if factory.built.data:
+            break
+        epoll.doPoll(0.5)  # type: ignore[attr-defined]
+    assert factory.built.data == b"answer"
+    accepted.close()
+    client.abortConnection()
+
+
+def test_on_epoll_a_refused_dial_is_reported_with_its_error(
+    epoll: EPollReactor, listener: socket.socket
+) -> None:
+    address = listener.getsockname()
+    listener.close()  # nothing listens there any more
+    factory = OneProtocol()
+    results: list[Any] = []
+    client = LeanClient.dial(
+        epoll, address, factory, lambda t, f: results.append((t, f))
+    )
+    poll_until(epoll, results)
+    [(transport, reason)] = results
+    assert transport is None and reason.check(error.ConnectionRefusedError)
+    assert not factory.built.made and client.socket.fileno() == -1
+    assert (factory.starts, factory.stops) == (1, 1)
+    assert client not in epoll._selectables.values()  # type: ignore[attr-defined]
