@@ -143,6 +143,7 @@ class TLSStack:
         name: str,
         shared: ListenerCounts | None = None,
         half_close: bool = False,
+        attribute_fallback: bool = True,
     ) -> TLSStack:
         """
         Wrap C{app}: each connection is tagged with the certificate generation
@@ -154,8 +155,13 @@ class TLSStack:
             half-close to an application protocol that provides
             C{IHalfCloseableProtocol} (L{HalfCloseTLSFactory}), as the
             gateway's relay does; otherwise Twisted's stock TLS layer.
+        @param attribute_fallback: see L{ConnectionTracker}; the gateway's
+            relay turns it off.
         """
-        tracker = ConnectionTracker(app, limits, clock, name=name, shared=shared)
+        tracker = ConnectionTracker(
+            app, limits, clock, name=name, shared=shared,
+            attribute_fallback=attribute_fallback,
+        )  # fmt: skip
         return cls(
             contexts, tracker, tls_over(tracker, contexts, clock, half_close=half_close)
         )

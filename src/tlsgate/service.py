@@ -182,7 +182,7 @@ def build_listener(
     stack = TLSStack.around(
         RelayFactory(pool, proxy_protocol=config.proxy_protocol),
         contexts, config.limits, clock, name=config.name, shared=shared,
-        half_close=True,
+        half_close=True, attribute_fallback=False,
     )  # fmt: skip
     tracker = stack.tracker
     service = ListenerService(

@@ -7,15 +7,24 @@ STARTTLS handshake is bounded by C{handshake_timeout}.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ISSLTransport, ITCPTransport, ITLSTransport
+from twisted.internet.interfaces import (
+    IReadWriteDescriptor,
+    ISSLTransport,
+    ISystemHandle,
+    ITCPTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.mail.smtp import ESMTP
 from twisted.test import iosim
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from tlsgate._assembly import TLSStack
 from tlsgate.certs import ReloadingContextFactory
@@ -201,3 +210,102 @@ def test_a_plain_tcp_transport_keeps_its_tcp_interface(clock: TestClock) -> None
     alsoProvides(transport, ITCPTransport)
     protocol.makeConnection(transport)
     assert seen == [True]
+
+
+@implementer(ITCPTransport, ISystemHandle, IReadWriteDescriptor)
+class TCPTransport(StringTransport):
+    """A plain TCP transport with its extras, and something beyond them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.no_delay = False
+        self.extra = "only the fallback reaches this"
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def getTcpNoDelay(self) -> bool:
+        return self.no_delay
+
+    def getHandle(self) -> str:
+        return "the socket"
+
+    def fileno(self) -> int:
+        return 7
+
+
+def tracked_over(
+    transport: StringTransport, clock: TestClock, fallback: bool
+) -> tuple[Any, Recorder]:
+    app = Recorder()
+    tracker = ConnectionTracker(
+        Factory.forProtocol(lambda: app), Limits(), clock,
+        attribute_fallback=fallback,
+    )  # fmt: skip
+    tracked = tracker.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
+    assert isinstance(tracked, TrackedProtocol)
+    tracked.makeConnection(transport)
+    return tracked, app
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_the_transport_interfaces_are_served_with_or_without_the_fallback(
+    clock: TestClock, fallback: bool
+) -> None:
+    transport = TCPTransport()
+    tracked, app = tracked_over(transport, clock, fallback)
+    wrapper: Any = app.transport
+    assert wrapper is tracked
+    assert ITCPTransport.providedBy(wrapper) and ISystemHandle.providedBy(wrapper)
+    wrapper.setTcpNoDelay(True)
+    assert transport.no_delay and wrapper.getTcpNoDelay()
+    assert wrapper.getHandle() == "the socket"
+    assert wrapper.disconnecting is False
+    wrapper.loseConnection()
+    assert wrapper.disconnecting is True  # as LineReceiver reads it
+    # An extra the transport lacks is missing from the wrapper too.
+    assert getattr(wrapper, "setTcpKeepAlive", None) is None
+
+
+def test_only_the_fallback_reaches_beyond_the_interfaces(clock: TestClock) -> None:
+    with_it, _ = tracked_over(TCPTransport(), clock, fallback=True)
+    assert with_it.extra == "only the fallback reaches this"
+    assert with_it.fileno() == 7
+    assert IReadWriteDescriptor.providedBy(with_it)
+    without, _ = tracked_over(TCPTransport(), clock, fallback=False)
+    assert not hasattr(without, "extra") and not hasattr(without, "fileno")
+    # What it has no members for, it does not declare.
+    assert not IReadWriteDescriptor.providedBy(without)
+    assert ITCPTransport.providedBy(without)
+
+
+def test_without_the_fallback_lookups_on_the_wrapper_are_plain(
+    clock: TestClock,
+) -> None:
+    """
+    No __getattr__ on the wrapper's class: Python then looks its attributes
+    up the plain way, which the interpreter can specialise (the reason for
+    turning the fallback off).
+    """
+    without, _ = tracked_over(TCPTransport(), clock, fallback=False)
+    with_it, _ = tracked_over(TCPTransport(), clock, fallback=True)
+    assert type(without).__getattribute__ is object.__getattribute__
+    assert not hasattr(type(without), "__getattr__")
+    assert hasattr(type(with_it), "__getattr__")
+
+
+def test_the_gateways_relay_is_tracked_without_the_fallback(tmp: Path) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from tlsgate.config import parse_config
+    from tlsgate.service import build_listener
+
+    config = parse_config(
+        "[listener:web]\nlisten = tcp:8443\nbackend = tcp:127.0.0.1:9\n"
+        f"cert = {tmp / 'c.pem'}\nkey = {tmp / 'k.pem'}\n",
+        file="g.ini",
+    )
+    listener = build_listener(config.listeners[0], MemoryReactorClock())
+    tracked = listener.tracker.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1))
+    assert isinstance(tracked, TrackedProtocol)
+    assert not hasattr(type(tracked), "__getattr__")

@@ -24,18 +24,24 @@ from a cache keyed by the transport's own declarations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
+    IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
+    IProducer,
     IProtocol,
     IPushProducer,
     ISSLTransport,
+    ISystemHandle,
+    ITCPTransport,
     ITLSTransport,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -84,9 +90,29 @@ def _make_declaration(
         interfaces = [i for i in interfaces if not i.isOrExtends(ITLSTransport)]
         if ISSLTransport not in interfaces:
             interfaces.append(ISSLTransport)
+    if not issubclass(cls, TransparentTrackedProtocol):
+        # Without the fallback, only what the wrapper has members for.
+        interfaces = [i for i in interfaces if i in FORWARDED]
     if half_close:
         interfaces.append(IHalfCloseableProtocol)
     return Provides(cls, *interfaces)
+
+
+#: The transport interfaces whose every member L{TrackedProtocol} forwards
+#: itself: all a wrapper without the attribute fallback may declare.
+FORWARDED = frozenset(
+    {
+        ITransport,
+        ITCPTransport,
+        ISSLTransport,
+        ITLSTransport,
+        INegotiated,
+        ISystemHandle,
+        IConsumer,
+        IProducer,
+        IPushProducer,
+    }
+)
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -322,12 +348,40 @@ class TrackedProtocol(Protocol):
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names this class lacks: the transport's own extras
-        # (getHandle, setTcpNoDelay, ...), as ProtocolWrapper does.
-        if name.startswith("__") or self.transport is None:
-            raise AttributeError(name)
-        return getattr(self.transport, name)
+    # The rest of the transport interfaces the wrapper may declare
+    # (ITCPTransport, ISystemHandle, INegotiated), and the one attribute that
+    # Twisted's line and stateful protocols read on their transport. Each is
+    # the transport's own, looked up when asked for: where the transport
+    # lacks it, so does the wrapper (getattr(wrapper, name, None) is None),
+    # as with the fallback.
+
+    @property
+    def getTcpNoDelay(self) -> Callable[[], bool]:
+        return self.transport.getTcpNoDelay  # type: ignore[no-any-return]
+
+    @property
+    def setTcpNoDelay(self) -> Callable[[bool], None]:
+        return self.transport.setTcpNoDelay  # type: ignore[no-any-return]
+
+    @property
+    def getTcpKeepAlive(self) -> Callable[[], bool]:
+        return self.transport.getTcpKeepAlive  # type: ignore[no-any-return]
+
+    @property
+    def setTcpKeepAlive(self) -> Callable[[bool], None]:
+        return self.transport.setTcpKeepAlive  # type: ignore[no-any-return]
+
+    @property
+    def getHandle(self) -> Callable[[], Any]:
+        return self.transport.getHandle  # type: ignore[no-any-return]
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        return self.transport.negotiatedProtocol  # type: ignore[no-any-return]
+
+    @property
+    def disconnecting(self) -> bool:
+        return self.transport.disconnecting  # type: ignore[no-any-return]
 
     # -- limits ------------------------------------------------------------
 
@@ -453,3 +507,27 @@ class TrackedProtocol(Protocol):
             self._rotation = self.tracker.clock.callLater(
                 delay, self.close_gracefully, CloseReason.ROTATION
             )
+
+
+class TransparentTrackedProtocol(TrackedProtocol):
+    """
+    A L{TrackedProtocol} through which any other attribute of the transport
+    is reached too, as through Twisted's C{ProtocolWrapper}: what a tracker
+    builds unless told its protocols need no more than the transport
+    interfaces (L{ConnectionTracker}'s C{attribute_fallback}).
+
+    The fallback has a price beyond the calls that use it. A class with
+    C{__getattr__} has every attribute lookup on its instances made through
+    Python's C{__getattr__} hook, and none of them specialised by the
+    interpreter, the wrapper's own ones included: about 1% of a relayed
+    connection's instructions (docs/benchmarks.md, seventh pass).
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the class lacks: the transport's own extras,
+        # as ProtocolWrapper does.
+        if name.startswith("__") or self.transport is None:
+            raise AttributeError(name)
+        return getattr(self.transport, name)

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tlsgate.certs import CertificateState
-from tlsgate.tracker._connection import TrackedProtocol
+from tlsgate.tracker._connection import TrackedProtocol, TransparentTrackedProtocol
 from tlsgate.tracker._limits import CloseReason, Limits
 from tlsgate.tracker._shared import ListenerCounts
 
@@ -77,6 +77,13 @@ class ConnectionTracker:
 
     @param generation: the current certificate generation (e.g.
         C{lambda: contexts.generation}); each connection remembers it.
+    @param attribute_fallback: whether the wrapped protocols may reach any
+        attribute of their transport through the tracker's wrapper (the
+        default, as through Twisted's C{ProtocolWrapper}), or only the
+        members of the transport interfaces it declares (C{ITCPTransport},
+        C{ISSLTransport}, C{INegotiated}, C{ISystemHandle}, producers and
+        consumers) and C{disconnecting}, which makes every attribute lookup
+        on the wrapper cheaper. The gateway's relay needs no more.
     @ivar port: the listening port, when known, so that C{max_connections}
         pauses accepting instead of refusing (set by the service builder).
     @ivar closed: closes so far, by reason.
@@ -94,6 +101,7 @@ class ConnectionTracker:
         generation: Callable[[], int] = lambda: 0,
         random: Callable[[], float] = _random.random,
         shared: ListenerCounts | None = None,
+        attribute_fallback: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -142,6 +150,12 @@ class ConnectionTracker:
         #: gateway): caps are checked against them instead of local counts.
         self.shared = shared
         self._recheck: IDelayedCall | None = None
+        #: What wraps each connection: with the fallback, any attribute of
+        #: the transport is reached through the wrapper; without it, the
+        #: transport interfaces' members only, and every lookup is cheaper.
+        self._protocol_class: type[TrackedProtocol] = (
+            TransparentTrackedProtocol if attribute_fallback else TrackedProtocol
+        )
 
     # -- IProtocolFactory --------------------------------------------------
 
@@ -165,7 +179,7 @@ class ConnectionTracker:
         if wrapped is None:
             return None
         self._refresh_clock()
-        protocol = TrackedProtocol(self, wrapped, host)
+        protocol = self._protocol_class(self, wrapped, host)
         self.connections.add(protocol)
         self.accepted += 1
         cap = self.limits.max_connections
