@@ -12,6 +12,12 @@ still logs what escapes it, as C{callWithLogger} did.
 
 It is applied to the gateway's own reactor (L{tlsgate._gateway}) only, and
 only to Twisted's C{EPollReactor} itself; any other reactor is left alone.
+
+It also numbers the batches of events it takes from epoll (L{POLLS}, an
+attribute of the reactor): an event is handled later in the batch it came
+in, by when an earlier handler may have closed its descriptor and a new
+socket may have the same number. A handler that knows when its socket was
+made can tell an event that was the old one's (L{tlsgate._tcp.LeanClient}).
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ _NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
 #: peer's FIN (posixbase gives one shared failure too).
 _DONE = Failure(error.ConnectionDone())
 
+#: The reactor attribute counting the batches of events lean_dispatch took
+#: from epoll (absent: the reactor's own loop runs, and nothing counts them).
+POLLS = "_tlsgate_polls"
+
 #: tlsgate's transport classes that provide IHalfCloseableDescriptor (their
 #: modules add them): their FIN is handled in the loop. Any other class goes
 #: through the reactor's _disconnectSelectable.
@@ -57,6 +67,7 @@ def _do_poll(self: Any, timeout: float | None) -> None:
         if err.errno == errno.EINTR:
             return
         raise
+    self._tlsgate_polls += 1
     selectables = self._selectables
     reads = self._reads
     for fd, event in events:
@@ -125,6 +136,8 @@ def lean_dispatch(reactor: object) -> bool:
     """
     if type(reactor) is not EPollReactor:
         return False
+    if not hasattr(reactor, POLLS):
+        setattr(reactor, POLLS, 0)
     poll = MethodType(_do_poll, reactor)
     reactor.doPoll = poll  # type: ignore[method-assign]
     reactor.doIteration = poll  # type: ignore[method-assign]

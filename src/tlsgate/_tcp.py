@@ -69,7 +69,7 @@ from twisted.python.failure import Failure
 from twisted.python.runtime import platformType
 
 from tlsgate._batch import LINGERING, Batch, cancel, per_clock
-from tlsgate._dispatch import HALF_CLOSING
+from tlsgate._dispatch import HALF_CLOSING, POLLS
 
 #: What one connection's log events are prefixed with (the stock transports
 #: format a per-connection string at accept or connect).
@@ -512,6 +512,9 @@ class LeanClient(_Lean, tcp.Connection):
         #: The deadlines this attempt waits in, until it ends.
         self._timeout: _Deadlines | None = None
         self._no_delay = True
+        #: lean_dispatch's batch count when this was dialled (None: the
+        #: reactor's own loop runs, and every wake-up is checked).
+        self._dialled_in: int | None = getattr(reactor, POLLS, None)
 
     @classmethod
     def dial(
@@ -570,6 +573,7 @@ class LeanClient(_Lean, tcp.Connection):
         client._factory = None
         client._done = None
         client._timeout = None
+        client._dialled_in = None
         client.disconnected = 1
         return client
 
@@ -591,7 +595,8 @@ class LeanClient(_Lean, tcp.Connection):
     def doWrite(self) -> Any:
         if self._done is None:
             return tcp.Connection.doWrite(self)
-        if type(self.reactor) is not EPollReactor:
+        dialled = self._dialled_in
+        if dialled is None or dialled == getattr(self.reactor, POLLS):
             # connect() again, as Twisted's connector does: it answers for
             # this socket, whatever event woke us (EISCONN: connected).
             code = self.socket.connect_ex(self.realAddress)
@@ -600,11 +605,14 @@ class LeanClient(_Lean, tcp.Connection):
             if code not in (0, errno.EISCONN):
                 self._fail(code)
                 return None
-        # On Twisted's epoll reactor, writability alone means connected: the
-        # kernel reports no EPOLLOUT while the SYN waits for an answer, and a
-        # failed attempt comes with EPOLLERR, which the reactor's loop (and
-        # lean_dispatch's) hands to connectionLost, never to doWrite. One
-        # system call fewer per backend connection.
+        # Under lean_dispatch, writability reported by a later epoll_wait
+        # than the dial's alone means connected: the kernel reports no
+        # EPOLLOUT while the SYN waits for an answer, and a failed attempt
+        # comes with EPOLLERR, which the loop hands to connectionLost, never
+        # to doWrite. One system call fewer per backend connection. An event
+        # of the dial's own batch may be a closed socket's of the same
+        # number (an earlier handler closed it, this dial reused it): that
+        # one is checked as above.
         done, self._done = self._done, None
         self._cancel_timeout()
         factory = self._factory
