@@ -20,8 +20,10 @@ Why: instruction counts say how much work each layer does, not what it
 costs. This says whether, say, OpenSSL's share of an RSA handshake takes
 longer in tlsgate than in a lean Python relay on the same OpenSSL (which
 would point at caches), or whether the difference is the interpreter's own
-time. Needs perf (software events are enough) and what bench/peers.sh
-needs. Not a test and not run in CI.
+time. Needs perf (software events are enough; as root, or with
+C{kernel.perf_event_paranoid} low enough to sample the kernel, else its
+column reads 0 and falls short of /proc's) and what bench/peers.sh needs.
+Not a test and not run in CI.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def group_of(dso: str) -> str:
     """The table's group for a shared object as perf names it."""
     name = os.path.basename(dso)
     if name.startswith(("libcrypto", "libssl", "_rust.abi3")):
-        return "openssl"  # cryptography's wheel links its OpenSSL into _rust
-    if name.startswith("libpython") or name in ("python", "python3"):
-        return "interpreter"
+        # cryptography's wheel links its OpenSSL into _rust (with its own
+        # Rust and bindings, a small part of the samples there).
+        return "openssl"
+    if name.startswith(("libpython", "python")):
+        return "interpreter"  # a shared libpython, or a static python3.11
     if dso.startswith("[kernel"):
         return "kernel"
     if name.startswith(("libc.so", "libc-", "ld-linux", "libm.so")):

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
     ISystemHandle,
     ITCPTransport,
     ITLSTransport,
+    ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -309,3 +310,19 @@ def test_the_gateways_relay_is_tracked_without_the_fallback(tmp: Path) -> None:
     tracked = listener.tracker.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1))
     assert isinstance(tracked, TrackedProtocol)
     assert not hasattr(type(tracked), "__getattr__")
+
+
+class ISpecialTCP(ITCPTransport):
+    """A transport interface of someone's own, extending ITCPTransport."""
+
+
+def test_without_the_fallback_an_extending_interface_still_declares_its_base(
+    clock: TestClock,
+) -> None:
+    @implementer(ISpecialTCP)
+    class Special(StringTransport):
+        pass
+
+    without, _ = tracked_over(Special(), clock, fallback=False)
+    assert ITCPTransport.providedBy(without) and ITransport.providedBy(without)
+    assert not ISpecialTCP.providedBy(without)  # its members are not forwarded

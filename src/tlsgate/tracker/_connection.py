@@ -91,8 +91,10 @@ def _make_declaration(
         if ISSLTransport not in interfaces:
             interfaces.append(ISSLTransport)
     if not issubclass(cls, TransparentTrackedProtocol):
-        # Without the fallback, only what the wrapper has members for.
-        interfaces = [i for i in interfaces if i in FORWARDED]
+        # Without the fallback, only what the wrapper has members for: each
+        # of those the transport provides, also through an interface of its
+        # own that extends it.
+        interfaces = [f for f in FORWARDED if any(i.isOrExtends(f) for i in interfaces)]
     if half_close:
         interfaces.append(IHalfCloseableProtocol)
     return Provides(cls, *interfaces)
@@ -100,18 +102,16 @@ def _make_declaration(
 
 #: The transport interfaces whose every member L{TrackedProtocol} forwards
 #: itself: all a wrapper without the attribute fallback may declare.
-FORWARDED = frozenset(
-    {
-        ITransport,
-        ITCPTransport,
-        ISSLTransport,
-        ITLSTransport,
-        INegotiated,
-        ISystemHandle,
-        IConsumer,
-        IProducer,
-        IPushProducer,
-    }
+FORWARDED = (
+    ISSLTransport,
+    ITCPTransport,
+    ITLSTransport,
+    ITransport,
+    INegotiated,
+    ISystemHandle,
+    IConsumer,
+    IPushProducer,
+    IProducer,
 )
 
 
