@@ -49,6 +49,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
+from functools import lru_cache
 from operator import methodcaller
 from typing import Any
 
@@ -482,6 +483,17 @@ def lean_transport_on(transport: object) -> None:
 DialDone = Callable[["LeanClient | None", "Failure | None"], None]
 
 
+@lru_cache(maxsize=256)
+def _address_of(kind: Any, host: str, port: int) -> IPv4Address | IPv6Address:
+    """
+    A backend's address object, made once: every connection to one backend
+    has the same peer, and making one (attrs, with a validator) is two Python
+    calls. Twisted's address objects are values, not changed once made.
+    """
+    address: IPv4Address | IPv6Address = kind("TCP", host, port)
+    return address
+
+
 class LeanClient(_Lean, tcp.Connection):
     """
     A TCP connection dialled to an IP address (see the module).
@@ -578,7 +590,7 @@ class LeanClient(_Lean, tcp.Connection):
         return client
 
     def getPeer(self) -> IPv4Address | IPv6Address:
-        return self._address_type("TCP", *self.realAddress[:2])
+        return _address_of(self._address_type, *self.realAddress[:2])
 
     def getHost(self) -> IPv4Address | IPv6Address:
         try:

@@ -140,7 +140,9 @@ class ConnectionTracker:
         self.closed: Counter[CloseReason] = Counter()
         #: Open connections per client address, without C{shared} only (with
         #: it, the shared counts are the ones that hold gateway-wide).
-        self._per_client: Counter[str] = Counter()
+        #: A plain dict, not a Counter: Counter's __missing__ and __delitem__
+        #: are Python calls, one each per connection here.
+        self._per_client: dict[str, int] = {}
         self._refused_hosts: set[str] = set()
         self._accept_paused = False
         self._draining = False
@@ -186,7 +188,8 @@ class ConnectionTracker:
         shared = self.shared
         if shared is None:
             if host is not None:
-                self._per_client[host] += 1
+                per_client = self._per_client
+                per_client[host] = per_client.get(host, 0) + 1
             if cap and len(self.connections) >= cap:
                 self._pause_accepting()
         else:
@@ -217,7 +220,7 @@ class ConnectionTracker:
         if (
             per_client
             and host is not None
-            and (self._per_client[host] if shared is None else shared.of(host))
+            and (self._per_client.get(host, 0) if shared is None else shared.of(host))
             >= per_client
         ):
             # Logged once while the source stays at its cap, so a client that
@@ -230,7 +233,11 @@ class ConnectionTracker:
                     " counted, not logged, until it is below the cap",
                     listener=self.name,
                     peer=host,
-                    count=self._per_client[host] if shared is None else shared.of(host),
+                    count=(
+                        self._per_client.get(host, 0)
+                        if shared is None
+                        else shared.of(host)
+                    ),
                     event="connection_refused",
                 )
             return CloseReason.LIMIT
@@ -310,11 +317,12 @@ class ConnectionTracker:
         if self.shared is not None:
             self.shared.closed(peer)  # (the local per-client count is unused then)
         elif peer is not None:
-            left = self._per_client[peer] - 1
+            per_client = self._per_client
+            left = per_client.get(peer, 0) - 1
             if left > 0:
-                self._per_client[peer] = left
+                per_client[peer] = left
             else:
-                del self._per_client[peer]
+                per_client.pop(peer, None)
         if peer is not None:
             self._refused_hosts.discard(peer)
         assert protocol.reason is not None
