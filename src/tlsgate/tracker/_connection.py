@@ -24,7 +24,7 @@ from a cache keyed by the transport's own declarations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
@@ -113,6 +113,14 @@ FORWARDED = (
     IPushProducer,
     IProducer,
 )
+
+
+def _forwarded(name: str) -> Any:
+    """
+    A read-only property: the wrapper's C{transport}'s own C{name}, looked up
+    when asked for (C{attrgetter}, so no Python frame per lookup).
+    """
+    return property(attrgetter(f"transport.{name}"), doc=f"The transport's {name}.")
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -354,34 +362,13 @@ class TrackedProtocol(Protocol):
     # the transport's own, looked up when asked for: where the transport
     # lacks it, so does the wrapper (getattr(wrapper, name, None) is None),
     # as with the fallback.
-
-    @property
-    def getTcpNoDelay(self) -> Callable[[], bool]:
-        return self.transport.getTcpNoDelay  # type: ignore[no-any-return]
-
-    @property
-    def setTcpNoDelay(self) -> Callable[[bool], None]:
-        return self.transport.setTcpNoDelay  # type: ignore[no-any-return]
-
-    @property
-    def getTcpKeepAlive(self) -> Callable[[], bool]:
-        return self.transport.getTcpKeepAlive  # type: ignore[no-any-return]
-
-    @property
-    def setTcpKeepAlive(self) -> Callable[[bool], None]:
-        return self.transport.setTcpKeepAlive  # type: ignore[no-any-return]
-
-    @property
-    def getHandle(self) -> Callable[[], Any]:
-        return self.transport.getHandle  # type: ignore[no-any-return]
-
-    @property
-    def negotiatedProtocol(self) -> bytes | None:
-        return self.transport.negotiatedProtocol  # type: ignore[no-any-return]
-
-    @property
-    def disconnecting(self) -> bool:
-        return self.transport.disconnecting  # type: ignore[no-any-return]
+    getTcpNoDelay = _forwarded("getTcpNoDelay")
+    setTcpNoDelay = _forwarded("setTcpNoDelay")
+    getTcpKeepAlive = _forwarded("getTcpKeepAlive")
+    setTcpKeepAlive = _forwarded("setTcpKeepAlive")
+    getHandle = _forwarded("getHandle")
+    negotiatedProtocol = _forwarded("negotiatedProtocol")
+    disconnecting = _forwarded("disconnecting")
 
     # -- limits ------------------------------------------------------------
 
