@@ -111,12 +111,8 @@ def _do_poll(self: Any, timeout: float | None) -> None:
                     # The peer's FIN on a half-closeable transport of
                     # tlsgate's: _disconnectSelectable's reader removal and
                     # readConnectionLost, without its calls and interface test.
-                    reads.discard(fd)
-                    if fd in self._writes:
-                        self._poller.modify(fd, _OUT)
-                    else:
-                        del selectables[fd]
-                        self._poller.unregister(fd)
+                    if not watch(self, selectable, False, fd in self._writes, fd):
+                        self.removeReader(selectable)
                     selectable.readConnectionLost(_DONE)
                 else:
                     self._disconnectSelectable(selectable, why, in_read)
@@ -126,6 +122,49 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             # No repr of the selectable: after connectionLost it may not
             # have what its repr reads.
             log.err(None, f"Unhandled error in a {type(selectable).__name__}")
+
+
+def watch(
+    reactor: Any, selectable: Any, read: bool, write: bool, fd: int | None = None
+) -> bool:
+    """
+    Have Twisted's epoll reactor watch C{selectable}'s descriptor (C{fd}, or
+    its C{fileno()}) for reading and writing exactly as asked, in at most one C{epoll_ctl}, with
+    the reactor's sets kept as its own C{addReader}, C{removeWriter}... keep
+    them. Those make a call and a C{epoll_ctl} per direction, and a move from
+    writing to reading is two (the descriptor deleted, then added again).
+
+    @return: C{False} where it does nothing and the reactor's own calls are
+        for the caller to make: another reactor, a descriptor already closed
+        (C{-1}), or one not registered yet (which the reactor may have to
+        give to its continuous polling).
+    """
+    if type(reactor) is not EPollReactor:
+        return False
+    if fd is None:
+        fd = selectable.fileno()
+    if fd == -1:
+        return False
+    selectables = reactor._selectables
+    if selectables.get(fd) is not selectable:
+        # Not registered (or the number is another's now): nothing of its to
+        # stop watching; anything to start watching is for the reactor.
+        return not read and not write
+    reads, writes = reactor._reads, reactor._writes
+    if read:
+        reads.add(fd)
+    else:
+        reads.discard(fd)
+    if write:
+        writes.add(fd)
+    else:
+        writes.discard(fd)
+    if read or write:
+        reactor._poller.modify(fd, (_IN if read else 0) | (_OUT if write else 0))
+    else:
+        del selectables[fd]
+        reactor._poller.unregister(fd)
+    return True
 
 
 def lean_dispatch(reactor: object) -> bool:

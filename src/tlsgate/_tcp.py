@@ -55,7 +55,6 @@ from typing import Any
 
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IProtocol,
@@ -70,7 +69,7 @@ from twisted.python.failure import Failure
 from twisted.python.runtime import platformType
 
 from tlsgate._batch import LINGERING, Batch, cancel, per_clock
-from tlsgate._dispatch import HALF_CLOSING, POLLS
+from tlsgate._dispatch import HALF_CLOSING, POLLS, watch
 
 #: What one connection's log events are prefixed with (the stock transports
 #: format a per-connection string at accept or connect).
@@ -293,50 +292,27 @@ def _connection_lost(transport: Any, reason: Failure) -> None:
 
 def _unregister(transport: Any) -> None:
     """
-    C{stopReading()} and C{stopWriting()} of a transport about to close. On
-    Twisted's epoll reactor that is one lookup and at most one C{epoll_ctl}
-    (the reactor's own way is a method call per direction, and a test of
-    each of its sets in both: about ten Python calls per connection); on
-    any other reactor, or for a socket closed already (the reactor's own
-    way finds its registration without the descriptor), the two calls.
+    C{stopReading()} and C{stopWriting()} of a transport about to close: on
+    Twisted's epoll reactor at most one C{epoll_ctl} (L{watch}), where the
+    reactor's own way is a method call per direction and a test of each of
+    its sets in both (about ten Python calls per connection).
     """
     transport._pause_pending = False
-    reactor = transport.reactor
-    if type(reactor) is EPollReactor:
-        fd = transport.socket.fileno()
-        if fd != -1:
-            selectables = reactor._selectables
-            if selectables.get(fd) is transport:
-                del selectables[fd]
-                reactor._reads.discard(fd)
-                reactor._writes.discard(fd)
-                reactor._poller.unregister(fd)
-            return
-    transport.stopReading()
-    transport.stopWriting()
+    if not watch(transport.reactor, transport, False, False):
+        transport.stopReading()
+        transport.stopWriting()
 
 
 def _read_instead_of_write(transport: Any) -> None:
     """
     C{stopWriting()} then C{startReading()}, for a connection that was only
-    being written to. On Twisted's epoll reactor that is one C{epoll_ctl}
-    (a modification) where the reactor's own calls make two (the descriptor
-    deleted, then added again), with its sets kept as they would; on any
-    other reactor, or in any other state, the two calls.
+    being written to: one C{epoll_ctl} on Twisted's epoll reactor (L{watch})
+    where the reactor's own calls make two.
     """
-    reactor = transport.reactor
-    if type(reactor) is EPollReactor:
-        fd = transport.socket.fileno()
-        writes, reads = reactor._writes, reactor._reads
-        registered = reactor._selectables.get(fd) is transport
-        if registered and fd in writes and fd not in reads:
-            reactor._poller.modify(fd, EPollReactor._POLL_IN)
-            writes.discard(fd)
-            reads.add(fd)
-            transport._pause_pending = False  # as startReading() does
-            return
-    transport.stopWriting()
-    transport.startReading()
+    transport._pause_pending = False  # as startReading() does
+    if not watch(transport.reactor, transport, True, False):
+        transport.stopWriting()
+        transport.startReading()
 
 
 class LeanServer(_Lean, tcp.Server):
