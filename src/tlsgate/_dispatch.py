@@ -129,7 +129,7 @@ def watch(
 ) -> bool:
     """
     Have Twisted's epoll reactor watch C{selectable}'s descriptor (C{fd}, or
-    its C{fileno()}) for reading and writing exactly as asked, in at most one C{epoll_ctl}, with
+    its socket's) for reading and writing exactly as asked, in at most one C{epoll_ctl}, with
     the reactor's sets kept as its own C{addReader}, C{removeWriter}... keep
     them. Those make a call and a C{epoll_ctl} per direction, and a move from
     writing to reading is two (the descriptor deleted, then added again).
@@ -142,25 +142,29 @@ def watch(
     if type(reactor) is not EPollReactor:
         return False
     if fd is None:
-        fd = selectable.fileno()
-    if fd == -1:
-        return False
+        # Its socket's, not its own fileno (a bound method the transport
+        # holds, which the interpreter cannot call by its fast path).
+        fd = selectable.socket.fileno()
+        if fd == -1:
+            return False
     selectables = reactor._selectables
     if selectables.get(fd) is not selectable:
         # Not registered (or the number is another's now): nothing of its to
         # stop watching; anything to start watching is for the reactor.
-        return not read and not write
-    reads, writes = reactor._reads, reactor._writes
+        return not (read or write)
+    events = 0
     if read:
-        reads.add(fd)
+        reactor._reads.add(fd)
+        events = _IN
     else:
-        reads.discard(fd)
+        reactor._reads.discard(fd)
     if write:
-        writes.add(fd)
+        reactor._writes.add(fd)
+        events |= _OUT
     else:
-        writes.discard(fd)
-    if read or write:
-        reactor._poller.modify(fd, (_IN if read else 0) | (_OUT if write else 0))
+        reactor._writes.discard(fd)
+    if events:
+        reactor._poller.modify(fd, events)
     else:
         del selectables[fd]
         reactor._poller.unregister(fd)
