@@ -156,15 +156,22 @@ def test_a_pause_resumed_before_any_data_touches_no_registration(
     assert protocol.data == b"x"
 
 
+def read_while_paused(
+    transport: LeanServer, theirs: socket.socket, reactor: Reactor
+) -> None:
+    """Pause; the client sends; the reactor's read stops reading instead."""
+    transport.pauseProducing()
+    theirs.sendall(b"request")
+    transport.doRead()  # the reactor saw it readable
+    assert transport not in reactor.readers  # and now stops watching
+
+
 def test_a_second_pause_after_reading_stopped_is_undone_by_one_resume(
     pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
 ) -> None:
     """Pause, a read that stops reading, pause again, resume: reading again."""
     transport, theirs, reactor, protocol = pair
-    transport.pauseProducing()
-    theirs.sendall(b"request")
-    transport.doRead()
-    assert transport not in reactor.readers
+    read_while_paused(transport, theirs, reactor)
     transport.pauseProducing()  # e.g. the tracker closing a paused client
     transport.resumeProducing()
     assert transport in reactor.readers
@@ -176,11 +183,8 @@ def test_data_arriving_while_paused_stays_unread_until_resumed(
     pair: tuple[LeanServer, socket.socket, Reactor, Recorder],
 ) -> None:
     transport, theirs, reactor, protocol = pair
-    transport.pauseProducing()
-    theirs.sendall(b"request")
-    transport.doRead()  # the reactor saw it readable
+    read_while_paused(transport, theirs, reactor)
     assert protocol.data == b""
-    assert transport not in reactor.readers  # and now stops watching
     transport.resumeProducing()
     assert transport in reactor.readers
     transport.doRead()
