@@ -1,20 +1,34 @@
 """
 What each key exchange group costs the server per full TLS 1.3 handshake,
-and what the per-handshake group lookup costs.
+in time and in memory kept for the connection's life, and what the
+per-handshake group lookup costs.
 
     PYTHONPATH=src python bench/group_cost.py [--handshakes 300] [--rounds 3]
+    PYTHONPATH=src python bench/group_cost.py --memory 2000
 
 Handshakes run over memory BIOs in one process, with tlsgate's own server
 context (default policy, ECDSA P-256 certificate, no resumption); only the
 time spent inside the server's C{do_handshake} calls is counted, so the
 client's share of the work is not in the figure. Groups alternate within
 each round, and the median of the rounds is quoted.
+
+With C{--memory N}, N server connections per group are kept after their
+handshake, with their memory BIOs renewed as the gateway renews an idle
+connection's (L{tlsgate._membio.renew}) and the clients freed; the growth of
+glibc's heap in use (C{mallinfo2}) divided by N is what OpenSSL keeps per
+connection (Python's own small objects live in pymalloc's arenas, outside
+that count). Allocations are counted, not timed: the figure does not move
+with the machine's load. Why: OpenSSL keeps the client's key share
+(C{s3.peer_tmp}) until the connection is freed, and a hybrid ML-KEM share
+is far larger than an X25519 one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import statistics
 import sys
 import time
@@ -27,6 +41,7 @@ import trustme
 from OpenSSL import SSL
 from OpenSSL._util import lib
 
+from tlsgate._membio import renew
 from tlsgate.certs import (
     TLSPolicy,
     build_server_context,
@@ -81,10 +96,47 @@ def server_seconds(server_ctx: SSL.Context, group: str) -> tuple[float, SSL.Conn
     return spent, server
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out and not had back (all arenas)."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def retained_bytes(server_ctx: SSL.Context, group: str, n: int) -> float:
+    """Heap kept per server connection after its handshake (see the module)."""
+    kept = []
+    server_seconds(server_ctx, group)  # first-use allocations out of the count
+    gc.collect()
+    before = heap_in_use()
+    for _ in range(n):
+        _, server = server_seconds(server_ctx, group)
+        assert renew(server)
+        kept.append(server)
+    gc.collect()
+    grown = heap_in_use() - before
+    del kept
+    gc.collect()
+    return grown / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--handshakes", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=0, metavar="N",
+                        help="also the heap kept per connection, over N of them")  # fmt: skip
     args = parser.parse_args()
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost")
@@ -105,6 +157,15 @@ def main() -> None:
     for group, times in per_group.items():
         median = statistics.median(times)
         print(f"  {group:16} {median * 1e6:7.0f} us  ({median / base:.2f}x X25519)")
+    if args.memory:
+        print(
+            f"heap kept per connection after its handshake ({args.memory} per group):"
+        )
+        kept = {g: retained_bytes(ctx, g, args.memory) for g in GROUPS}
+        for group, size in kept.items():
+            print(
+                f"  {group:16} {size:7.0f} bytes  ({size - kept['X25519']:+6.0f} vs X25519)"
+            )
     _, server = server_seconds(ctx, "X25519MLKEM768")
     handle = _Handle(server)
     n = 100_000
