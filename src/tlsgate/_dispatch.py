@@ -16,8 +16,11 @@ only to Twisted's C{EPollReactor} itself; any other reactor is left alone.
 It also numbers the batches of events it takes from epoll (L{POLLS}, an
 attribute of the reactor): an event is handled later in the batch it came
 in, by when an earlier handler may have closed its descriptor and a new
-socket may have the same number. A handler that knows when its socket was
-made can tell an event that was the old one's (L{tlsgate._tcp.LeanClient}).
+socket may have the same number. A selectable that records the batch it was
+made in (L{MADE_IN}: tlsgate's own transports) can tell an event that was
+the old socket's: the loop drops a hang-up or error of that batch for it
+(it would end a connection that has only begun), and
+L{tlsgate._tcp.LeanClient} checks a writability event of that batch.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ _DONE = Failure(error.ConnectionDone())
 #: The reactor attribute counting the batches of events lean_dispatch took
 #: from epoll (absent: the reactor's own loop runs, and nothing counts them).
 POLLS = "_tlsgate_polls"
+#: The attribute in which a selectable records L{POLLS} as it was when the
+#: selectable was made (None: made outside lean_dispatch's loop).
+MADE_IN = "_made_in"
 
 #: tlsgate's transport classes that provide IHalfCloseableDescriptor (their
 #: modules add them): their FIN is handled in the loop. Any other class goes
@@ -67,7 +73,7 @@ def _do_poll(self: Any, timeout: float | None) -> None:
         if err.errno == errno.EINTR:
             return
         raise
-    self._tlsgate_polls += 1
+    self._tlsgate_polls = polls = self._tlsgate_polls + 1
     selectables = self._selectables
     reads = self._reads
     for fd, event in events:
@@ -78,6 +84,11 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             why: Any = None
             in_read = False
             if event & _DISCONNECTED and not event & _IN:
+                if getattr(selectable, MADE_IN, None) == polls:
+                    # Made after epoll_wait returned: the hang-up was that
+                    # of a socket an earlier handler closed, whose number
+                    # this one reused.
+                    continue
                 # A hang-up with no input left: a clean end if it was being
                 # read (perhaps a half-close), else an error.
                 if fd in reads:

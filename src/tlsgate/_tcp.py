@@ -336,6 +336,8 @@ class LeanServer(_Lean, tcp.Server):
         self.sessionno = sessionno
         self.hostname = client[0]
         self._no_delay = server is not None and getattr(server, "_no_delay", False)
+        #: lean_dispatch's batch count when this was accepted (see MADE_IN).
+        self._made_in: int | None = getattr(reactor, POLLS, None)
         self.startReading()
         self.connected = 1
 
@@ -501,8 +503,8 @@ class LeanClient(_Lean, tcp.Connection):
         self._timeout: _Deadlines | None = None
         self._no_delay = True
         #: lean_dispatch's batch count when this was dialled (None: the
-        #: reactor's own loop runs, and every wake-up is checked).
-        self._dialled_in: int | None = getattr(reactor, POLLS, None)
+        #: reactor's own loop runs, and every wake-up is checked; MADE_IN).
+        self._made_in: int | None = getattr(reactor, POLLS, None)
 
     @classmethod
     def dial(
@@ -561,7 +563,7 @@ class LeanClient(_Lean, tcp.Connection):
         client._factory = None
         client._done = None
         client._timeout = None
-        client._dialled_in = None
+        client._made_in = None
         client.disconnected = 1
         return client
 
@@ -583,7 +585,7 @@ class LeanClient(_Lean, tcp.Connection):
     def doWrite(self) -> Any:
         if self._done is None:
             return tcp.Connection.doWrite(self)
-        dialled = self._dialled_in
+        dialled = self._made_in
         if dialled is None or dialled == getattr(self.reactor, POLLS):
             # connect() again, as Twisted's connector does: it answers for
             # this socket, whatever event woke us (EISCONN: connected).
@@ -628,8 +630,17 @@ class LeanClient(_Lean, tcp.Connection):
 
     def connectionLost(self, reason: Failure) -> None:
         if self._done is not None:
-            # The reactor saw the attempt fail (EPOLLERR/EPOLLHUP): SO_ERROR says why.
+            # The reactor saw the attempt fail (EPOLLERR/EPOLLHUP): SO_ERROR
+            # says why. None set means the event was not this socket's (one
+            # closed earlier in the same batch had its number; the reactor's
+            # own loop cannot tell): connect() answers for this one.
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not code:
+                code = self.socket.connect_ex(self.realAddress)
+                if code in (0, errno.EISCONN, errno.EINPROGRESS, errno.EALREADY):
+                    # The reactor stopped watching it: writability says the rest.
+                    self.startWriting()
+                    return
             self._fail(code or errno.ECONNREFUSED)
             return
         _connection_lost(self, reason)

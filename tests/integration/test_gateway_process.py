@@ -137,6 +137,18 @@ def test_embedded_default_answers_and_follows_its_certificate(tmp_path: Path) ->
     C{twistd -n tlsgate} with no config serves the demo on 127.0.0.1:8443, and
     replacing the demo certificate changes what the next request is served.
     """
+    # The embedded default listens on 8443, as the README's quick start does:
+    # a gateway left running from that would answer in this one's place.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", 8443))
+        except OSError as e:
+            raise AssertionError(
+                f"127.0.0.1:8443 is taken ({e.strerror}): this test starts the"
+                " embedded default there; stop what listens on it (a quick-start"
+                " `twistd -n tlsgate` still running?)"
+            ) from e
     gateway = GatewayProcess(tmp_path, ["tlsgate"])
     try:
         wait_for_port(8443, gateway.proc)

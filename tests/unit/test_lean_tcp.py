@@ -937,3 +937,147 @@ def test_a_writability_event_from_the_dials_own_batch_is_checked() -> None:
         filler.close()
         full.close()
         epoll._poller.close()  # type: ignore[attr-defined]
+
+
+class Replayed:
+    """An epoll object whose next C{poll()} returns the batch it is given."""
+
+    def __init__(self, real: Any, events: list[tuple[int, int]]) -> None:
+        self.real = real
+        self.events = events
+
+    def poll(self, timeout: float, n: int) -> list[tuple[int, int]]:
+        events, self.events = self.events, []
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class Handler:
+    """A readable descriptor whose event runs C{act}: an earlier handler."""
+
+    def __init__(self, sock: socket.socket, act: Any) -> None:
+        self.socket = sock
+        self.act = act
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def doRead(self) -> None:
+        self.act()
+
+    def logPrefix(self) -> str:
+        return "handler"
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+#: What a refused or reset dial's socket reports (it is watched for writing).
+REFUSED_EVENT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+
+
+@pytest.fixture
+def stalled() -> Iterator[tuple[Any, ...]]:
+    """A listener whose backlog is full: a dial to it waits in SYN_SENT."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    yield full.getsockname()
+    filler.close()
+    full.close()
+
+
+def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
+    epoll: EPollReactor, stalled: tuple[Any, ...]
+) -> None:
+    """
+    A dial cancelled by an earlier handler of a batch (its client left) had
+    its error still to come in that batch; a dial made by that handler got
+    the same descriptor number. The error is not the new dial's: it must go
+    on waiting, not be reported refused (which would also mark a healthy
+    backend down). Under lean_dispatch the loop drops the event; the
+    reactor's own loop hands it on, and the dial asks connect() first.
+    """
+    a, b = socket.socketpair()
+    reported: list[Any] = []
+    dials: dict[str, LeanClient] = {}
+
+    def dial() -> LeanClient:
+        return LeanClient.dial(
+            epoll, stalled, OneProtocol(), lambda t, f: reported.append((t, f)),
+            timeout=5, clock=task.Clock(),
+        )  # fmt: skip
+
+    def cancel_and_dial_again() -> None:
+        dials["old"].cancel()
+        dials["new"] = dial()
+
+    epoll.addReader(Handler(a, cancel_and_dial_again))
+    dials["old"] = dial()
+    old_fd = dials["old"].fileno()
+    epoll._poller = Replayed(  # type: ignore[attr-defined]
+        epoll._poller,  # type: ignore[attr-defined]
+        [(a.fileno(), select.EPOLLIN), (old_fd, REFUSED_EVENT)],
+    )
+    try:
+        epoll.doPoll(0)  # type: ignore[attr-defined]
+        new = dials["new"]
+        assert new.fileno() == old_fd  # the number was reused within the batch
+        assert reported == []
+        assert new.socket.fileno() != -1 and not new.disconnected
+        assert old_fd in epoll._writes  # type: ignore[attr-defined]
+        new.cancel()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_number(
+    stalled: tuple[Any, ...],
+) -> None:
+    """
+    The same for an accepted connection: a handler closes a dial and the
+    accept loop, later in the batch, gets its number for a new client. The
+    old socket's hang-up must not end the new client's connection.
+    """
+    epoll = EPollReactor()
+    assert lean_dispatch(epoll)
+    factory = Built()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=epoll)
+    port.startListening()
+    use_lean_transports(port)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    a, b = socket.socketpair()
+    old = LeanClient.dial(epoll, stalled, OneProtocol(), lambda t, f: None)
+    old_fd = old.fileno()
+
+    def cancel_and_accept() -> None:
+        old.cancel()
+        port.doRead()
+
+    epoll.addReader(Handler(a, cancel_and_accept))
+    epoll._poller = Replayed(  # type: ignore[attr-defined]
+        epoll._poller,  # type: ignore[attr-defined]
+        [(a.fileno(), select.EPOLLIN), (old_fd, REFUSED_EVENT)],
+    )
+    try:
+        epoll.doPoll(0)  # type: ignore[attr-defined]
+        [accepted] = factory.built
+        assert accepted.transport.fileno() == old_fd  # type: ignore[union-attr]
+        assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
+        client.sendall(b"still here")
+        epoll._poller = epoll._poller.real  # type: ignore[attr-defined]
+        for _ in range(20):
+            if accepted.data:
+                break
+            epoll.doPoll(0.5)  # type: ignore[attr-defined]
+        assert accepted.data == b"still here"
+    finally:
+        client.close()
+        a.close()
+        b.close()
+        port.socket.close()
+        epoll._poller.close()  # type: ignore[attr-defined]
