@@ -49,8 +49,12 @@ _DONE = Failure(error.ConnectionDone())
 #: The reactor attribute counting the batches of events lean_dispatch took
 #: from epoll (absent: the reactor's own loop runs, and nothing counts them).
 POLLS = "_tlsgate_polls"
+#: The reactor attribute naming the batch whose events the loop is handing
+#: out (0: none). Not always the last one taken: a handler may poll again.
+DISPATCHING = "_tlsgate_dispatching"
 #: The attribute in which a selectable records L{POLLS} as it was when the
-#: selectable was made (None: made outside lean_dispatch's loop).
+#: selectable was made (None: made outside lean_dispatch's loop). Every event
+#: of a batch numbered that or less was reported before it existed.
 MADE_IN = "_made_in"
 
 #: tlsgate's transport classes that provide IHalfCloseableDescriptor (their
@@ -74,6 +78,16 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             return
         raise
     self._tlsgate_polls = polls = self._tlsgate_polls + 1
+    outer = self._tlsgate_dispatching
+    self._tlsgate_dispatching = polls
+    try:
+        _dispatch(self, events, polls)
+    finally:
+        self._tlsgate_dispatching = outer
+
+
+def _dispatch(self: Any, events: list[tuple[int, int]], polls: int) -> None:
+    """Hand out the events of batch C{polls} (see L{_do_poll})."""
     selectables = self._selectables
     reads = self._reads
     for fd, event in events:
@@ -84,7 +98,8 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             why: Any = None
             in_read = False
             if event & _DISCONNECTED and not event & _IN:
-                if getattr(selectable, MADE_IN, None) == polls:
+                made = getattr(selectable, MADE_IN, None)
+                if made is not None and made >= polls:
                     # Made after epoll_wait returned: the hang-up was that
                     # of a socket an earlier handler closed, whose number
                     # this one reused.
@@ -192,6 +207,7 @@ def lean_dispatch(reactor: object) -> bool:
         return False
     if not hasattr(reactor, POLLS):
         setattr(reactor, POLLS, 0)
+        setattr(reactor, DISPATCHING, 0)
     poll = MethodType(_do_poll, reactor)
     reactor.doPoll = poll  # type: ignore[method-assign]
     reactor.doIteration = poll  # type: ignore[method-assign]

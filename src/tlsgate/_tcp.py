@@ -56,6 +56,7 @@ from typing import Any
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHalfCloseableDescriptor,
     IProtocol,
     IProtocolFactory,
@@ -69,7 +70,7 @@ from twisted.python.failure import Failure
 from twisted.python.runtime import platformType
 
 from tlsgate._batch import LINGERING, Batch, cancel, per_clock
-from tlsgate._dispatch import HALF_CLOSING, POLLS, watch
+from tlsgate._dispatch import DISPATCHING, HALF_CLOSING, POLLS, watch
 
 #: What one connection's log events are prefixed with (the stock transports
 #: format a per-connection string at accept or connect).
@@ -501,6 +502,8 @@ class LeanClient(_Lean, tcp.Connection):
         self._done: DialDone | None = done
         #: The deadlines this attempt waits in, until it ends.
         self._timeout: _Deadlines | None = None
+        #: The call that starts watching the socket (outside lean_dispatch).
+        self._watch_call: IDelayedCall | None = None
         self._no_delay = True
         #: lean_dispatch's batch count when this was dialled (None: the
         #: reactor's own loop runs, and every wake-up is checked; MADE_IN).
@@ -544,8 +547,21 @@ class LeanClient(_Lean, tcp.Connection):
             client._timeout = _deadlines(clock or reactor, timeout)
             client._timeout.add(client)
         # Connected or not, writability says so (at once when it is).
-        client.startWriting()
+        if client._made_in is None:
+            # The reactor's own loop hands out the rest of a batch of events
+            # after this handler, and cannot tell an event of a socket closed
+            # earlier in the batch, whose number this one may have, from this
+            # one's: watched from the next turn, as Twisted's connector does.
+            # Under lean_dispatch the loop tells them apart (MADE_IN).
+            client._watch_call = reactor.callLater(0, client._watch)
+        else:
+            client.startWriting()
         return client
+
+    def _watch(self) -> None:
+        self._watch_call = None
+        if self._done is not None:
+            self.startWriting()
 
     @classmethod
     def _unusable(
@@ -563,6 +579,7 @@ class LeanClient(_Lean, tcp.Connection):
         client._factory = None
         client._done = None
         client._timeout = None
+        client._watch_call = None
         client._made_in = None
         client.disconnected = 1
         return client
@@ -586,7 +603,7 @@ class LeanClient(_Lean, tcp.Connection):
         if self._done is None:
             return tcp.Connection.doWrite(self)
         dialled = self._made_in
-        if dialled is None or dialled == getattr(self.reactor, POLLS):
+        if dialled is None or dialled >= getattr(self.reactor, DISPATCHING):
             # connect() again, as Twisted's connector does: it answers for
             # this socket, whatever event woke us (EISCONN: connected).
             code = self.socket.connect_ex(self.realAddress)
@@ -631,16 +648,9 @@ class LeanClient(_Lean, tcp.Connection):
     def connectionLost(self, reason: Failure) -> None:
         if self._done is not None:
             # The reactor saw the attempt fail (EPOLLERR/EPOLLHUP): SO_ERROR
-            # says why. None set means the event was not this socket's (one
-            # closed earlier in the same batch had its number; the reactor's
-            # own loop cannot tell): connect() answers for this one.
+            # says why. (Not another socket's event of the same number: see
+            # dial and MADE_IN.) Or the reactor is shutting down.
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if not code:
-                code = self.socket.connect_ex(self.realAddress)
-                if code in (0, errno.EISCONN, errno.EINPROGRESS, errno.EALREADY):
-                    # The reactor stopped watching it: writability says the rest.
-                    self.startWriting()
-                    return
             self._fail(code or errno.ECONNREFUSED)
             return
         _connection_lost(self, reason)
@@ -681,9 +691,13 @@ class LeanClient(_Lean, tcp.Connection):
             done(None, reason)
 
     def _cancel_timeout(self) -> None:
+        """The attempt's timers, gone: its timeout, and a watch to start."""
         if self._timeout is not None:
             self._timeout.discard(self)
             self._timeout = None
+        if self._watch_call is not None:
+            self._watch_call.cancel()
+            self._watch_call = None
 
     def _close_attempt(self) -> None:
         self._cancel_timeout()

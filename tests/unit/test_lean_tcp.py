@@ -525,6 +525,8 @@ def test_a_dial_connects_the_protocol_then_reports(listener: socket.socket) -> N
     client = LeanClient.dial(
         reactor, address, factory, lambda t, f: results.append((t, f)), timeout=5
     )
+    assert reactor.writers == set()  # the reactor's own loop: from the next turn
+    reactor.advance(0)
     assert reactor.writers == {client} and results == []
     assert not protocol.made  # built only once connected
     writable(client)
@@ -607,10 +609,12 @@ def dial_slowly(
     reactor: Reactor, listener: socket.socket, results: list[Any]
 ) -> LeanClient:
     """A dial with a 2 s timeout that nothing completes (no doWrite is called)."""
-    return LeanClient.dial(
+    client = LeanClient.dial(
         reactor, listener.getsockname(), OneProtocol(),
         lambda t, f: results.append((t, f)), timeout=2,
     )  # fmt: skip
+    reactor.advance(0)  # watched from the next turn
+    return client
 
 
 def test_a_dial_that_does_not_connect_in_time_fails_with_a_timeout(
@@ -762,6 +766,7 @@ def test_the_pool_fails_over_from_a_refused_direct_backend(
     results: list[Any] = []
     pool.dial(Factory.forProtocol(Recorder), lambda p, f: results.append((p, f)))
     for _ in range(2):
+        reactor.advance(0)  # a dial is watched from the next turn
         for transport in list(reactor.writers):
             writable(transport)
             transport.doWrite()
@@ -852,6 +857,7 @@ def poll_until(reactor: EPollReactor, results: list[Any]) -> None:
     for _ in range(20):
         if results:
             return
+        reactor.runUntilCurrent()  # as the reactor's loop does between polls
         reactor.doPoll(0.5)  # type: ignore[attr-defined]
     raise AssertionError("the dial never completed")
 
@@ -868,6 +874,7 @@ def test_on_epoll_a_dial_connects_with_one_change_to_the_set(
         lambda t, f: results.append((t, f)), timeout=5, clock=task.Clock(),
     )  # fmt: skip
     fd = client.fileno()
+    epoll.runUntilCurrent()  # the reactor's own loop watches it from the next turn
     poller = RecordingPoller(epoll._poller)  # type: ignore[attr-defined]
     epoll._poller = poller  # type: ignore[attr-defined]
     poll_until(epoll, results)
@@ -998,8 +1005,9 @@ def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
     its error still to come in that batch; a dial made by that handler got
     the same descriptor number. The error is not the new dial's: it must go
     on waiting, not be reported refused (which would also mark a healthy
-    backend down). Under lean_dispatch the loop drops the event; the
-    reactor's own loop hands it on, and the dial asks connect() first.
+    backend down). Under lean_dispatch the loop drops the event; under the
+    reactor's own loop the new dial is not watched until the next turn, so
+    the event finds nobody (as with Twisted's connector).
     """
     a, b = socket.socketpair()
     reported: list[Any] = []
@@ -1028,9 +1036,11 @@ def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
         assert new.fileno() == old_fd  # the number was reused within the batch
         assert reported == []
         assert new.socket.fileno() != -1 and not new.disconnected
+        epoll.runUntilCurrent()
         assert old_fd in epoll._writes  # type: ignore[attr-defined]
-        new.cancel()
     finally:
+        for dialled in dials.values():
+            dialled.cancel()
         a.close()
         b.close()
 
@@ -1076,6 +1086,91 @@ def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_nu
             epoll.doPoll(0.5)  # type: ignore[attr-defined]
         assert accepted.data == b"still here"
     finally:
+        client.close()
+        a.close()
+        b.close()
+        port.socket.close()
+        epoll._poller.close()  # type: ignore[attr-defined]
+
+
+def test_a_reactor_shutting_down_ends_a_dial_in_flight(
+    epoll: EPollReactor, stalled: tuple[Any, ...]
+) -> None:
+    """
+    At shutdown the reactor tells every descriptor it watches that its
+    connection is lost: a dial still waiting ends, reported, its socket
+    closed and its factory stopped, and is not watched again.
+    """
+    reported: list[Any] = []
+    factory = OneProtocol()
+    client = LeanClient.dial(
+        epoll, stalled, factory, lambda t, f: reported.append((t, f)),
+        timeout=5, clock=task.Clock(),
+    )  # fmt: skip
+    epoll.runUntilCurrent()  # watched (from the next turn, under the stock loop)
+    try:
+        epoll.disconnectAll()
+        assert client not in epoll._selectables.values()  # type: ignore[attr-defined]
+        assert client.socket.fileno() == -1
+        assert (factory.starts, factory.stops) == (1, 1) and len(reported) == 1
+    finally:
+        client.cancel()
+
+
+def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
+    stalled: tuple[Any, ...],
+) -> None:
+    """
+    A handler that polls the reactor again (C{reactor.iterate()}) numbers a
+    newer batch before the outer one's last events are handed out. Those
+    are still older than what the handler made: a hang-up is dropped, and
+    writability is checked with C{connect()}.
+    """
+    epoll = EPollReactor()
+    assert lean_dispatch(epoll)
+    factory = Built()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=epoll)
+    port.startListening()
+    use_lean_transports(port)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    a, b = socket.socketpair()
+    reported: list[Any] = []
+    dials: dict[str, LeanClient] = {}
+
+    def dial() -> LeanClient:
+        return LeanClient.dial(
+            epoll, stalled, OneProtocol(), lambda t, f: reported.append((t, f)),
+            timeout=5, clock=task.Clock(),
+        )  # fmt: skip
+
+    def act() -> None:
+        dials["hung"].cancel()
+        dials["written"].cancel()
+        dials["new"] = dial()  # takes a number: the lowest free
+        epoll.doPoll(0)  # type: ignore[attr-defined]
+        port.doRead()  # takes the other
+
+    dials["hung"] = dial()
+    dials["written"] = dial()
+    numbers = sorted([dials["hung"].fileno(), dials["written"].fileno()])
+    epoll.addReader(Handler(a, act))
+    epoll._poller = Replayed(  # type: ignore[attr-defined]
+        epoll._poller,  # type: ignore[attr-defined]
+        [(a.fileno(), select.EPOLLIN)]
+        + [(n, REFUSED_EVENT) for n in numbers]
+        + [(n, select.EPOLLOUT) for n in numbers],
+    )
+    try:
+        epoll.doPoll(0)  # type: ignore[attr-defined]
+        [accepted] = factory.built
+        assert sorted([dials["new"].fileno(), accepted.transport.fileno()]) == numbers  # type: ignore[union-attr]
+        assert reported == [] and not dials["new"].connected
+        assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
+    finally:
+        for dialled in dials.values():
+            dialled.cancel()
+        if factory.built:
+            factory.built[0].transport.abortConnection()  # type: ignore[union-attr]
         client.close()
         a.close()
         b.close()
