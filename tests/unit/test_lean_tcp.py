@@ -1086,6 +1086,8 @@ def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_nu
             epoll.doPoll(0.5)  # type: ignore[attr-defined]
         assert accepted.data == b"still here"
     finally:
+        for built in factory.built:
+            built.transport.abortConnection()  # type: ignore[union-attr]
         client.close()
         a.close()
         b.close()
@@ -1169,8 +1171,8 @@ def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
     finally:
         for dialled in dials.values():
             dialled.cancel()
-        if factory.built:
-            factory.built[0].transport.abortConnection()  # type: ignore[union-attr]
+        for built in factory.built:
+            built.transport.abortConnection()  # type: ignore[union-attr]
         client.close()
         a.close()
         b.close()
