@@ -997,6 +997,58 @@ def stalled() -> Iterator[tuple[Any, ...]]:
     full.close()
 
 
+def stalled_dial(
+    reactor: EPollReactor, address: tuple[Any, ...], reported: list[Any]
+) -> LeanClient:
+    """A dial to the stalled listener at C{address}; what it reports, kept."""
+    return LeanClient.dial(
+        reactor, address, OneProtocol(), lambda t, f: reported.append((t, f)),
+        timeout=5, clock=task.Clock(),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def lean_listening() -> Iterator[tuple[EPollReactor, tcp.Port, Built, socket.socket]]:
+    """
+    An epoll reactor under lean_dispatch, a lean port on it and a client
+    waiting to be accepted there.
+    """
+    epoll = EPollReactor()
+    assert lean_dispatch(epoll)
+    factory = Built()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=epoll)
+    port.startListening()
+    use_lean_transports(port)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    yield epoll, port, factory, client
+    for built in factory.built:
+        built.transport.abortConnection()  # type: ignore[union-attr]
+    client.close()
+    port.socket.close()
+    epoll._poller.close()  # type: ignore[attr-defined]
+
+
+def replay(epoll: EPollReactor, act: Any, events: list[tuple[int, int]]) -> None:
+    """
+    Hand C{epoll}'s loop one batch: a handler's event, which runs C{act},
+    then C{events}, as epoll reported them before the handler ran.
+    """
+    a, b = socket.socketpair()
+    handler = Handler(a, act)
+    epoll.addReader(handler)
+    epoll._poller = Replayed(  # type: ignore[attr-defined]
+        epoll._poller,  # type: ignore[attr-defined]
+        [(a.fileno(), select.EPOLLIN), *events],
+    )
+    try:
+        epoll.doPoll(0)  # type: ignore[attr-defined]
+    finally:
+        epoll._poller = epoll._poller.real  # type: ignore[attr-defined]
+        epoll.removeReader(handler)
+        a.close()
+        b.close()
+
+
 def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
     epoll: EPollReactor, stalled: tuple[Any, ...]
 ) -> None:
@@ -1009,29 +1061,16 @@ def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
     reactor's own loop the new dial is not watched until the next turn, so
     the event finds nobody (as with Twisted's connector).
     """
-    a, b = socket.socketpair()
     reported: list[Any] = []
-    dials: dict[str, LeanClient] = {}
-
-    def dial() -> LeanClient:
-        return LeanClient.dial(
-            epoll, stalled, OneProtocol(), lambda t, f: reported.append((t, f)),
-            timeout=5, clock=task.Clock(),
-        )  # fmt: skip
+    dials = {"old": stalled_dial(epoll, stalled, reported)}
+    old_fd = dials["old"].fileno()
 
     def cancel_and_dial_again() -> None:
         dials["old"].cancel()
-        dials["new"] = dial()
+        dials["new"] = stalled_dial(epoll, stalled, reported)
 
-    epoll.addReader(Handler(a, cancel_and_dial_again))
-    dials["old"] = dial()
-    old_fd = dials["old"].fileno()
-    epoll._poller = Replayed(  # type: ignore[attr-defined]
-        epoll._poller,  # type: ignore[attr-defined]
-        [(a.fileno(), select.EPOLLIN), (old_fd, REFUSED_EVENT)],
-    )
     try:
-        epoll.doPoll(0)  # type: ignore[attr-defined]
+        replay(epoll, cancel_and_dial_again, [(old_fd, REFUSED_EVENT)])
         new = dials["new"]
         assert new.fileno() == old_fd  # the number was reused within the batch
         assert reported == []
@@ -1041,11 +1080,10 @@ def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
     finally:
         for dialled in dials.values():
             dialled.cancel()
-        a.close()
-        b.close()
 
 
 def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_number(
+    lean_listening: tuple[EPollReactor, tcp.Port, Built, socket.socket],
     stalled: tuple[Any, ...],
 ) -> None:
     """
@@ -1053,46 +1091,24 @@ def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_nu
     accept loop, later in the batch, gets its number for a new client. The
     old socket's hang-up must not end the new client's connection.
     """
-    epoll = EPollReactor()
-    assert lean_dispatch(epoll)
-    factory = Built()
-    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=epoll)
-    port.startListening()
-    use_lean_transports(port)
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
-    a, b = socket.socketpair()
-    old = LeanClient.dial(epoll, stalled, OneProtocol(), lambda t, f: None)
+    epoll, port, factory, client = lean_listening
+    old = stalled_dial(epoll, stalled, [])
     old_fd = old.fileno()
 
     def cancel_and_accept() -> None:
         old.cancel()
         port.doRead()
 
-    epoll.addReader(Handler(a, cancel_and_accept))
-    epoll._poller = Replayed(  # type: ignore[attr-defined]
-        epoll._poller,  # type: ignore[attr-defined]
-        [(a.fileno(), select.EPOLLIN), (old_fd, REFUSED_EVENT)],
-    )
-    try:
-        epoll.doPoll(0)  # type: ignore[attr-defined]
-        [accepted] = factory.built
-        assert accepted.transport.fileno() == old_fd  # type: ignore[union-attr]
-        assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
-        client.sendall(b"still here")
-        epoll._poller = epoll._poller.real  # type: ignore[attr-defined]
-        for _ in range(20):
-            if accepted.data:
-                break
-            epoll.doPoll(0.5)  # type: ignore[attr-defined]
-        assert accepted.data == b"still here"
-    finally:
-        for built in factory.built:
-            built.transport.abortConnection()  # type: ignore[union-attr]
-        client.close()
-        a.close()
-        b.close()
-        port.socket.close()
-        epoll._poller.close()  # type: ignore[attr-defined]
+    replay(epoll, cancel_and_accept, [(old_fd, REFUSED_EVENT)])
+    [accepted] = factory.built
+    assert accepted.transport.fileno() == old_fd  # type: ignore[union-attr]
+    assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
+    client.sendall(b"still here")
+    for _ in range(20):
+        if accepted.data:
+            break
+        epoll.doPoll(0.5)  # type: ignore[attr-defined]
+    assert accepted.data == b"still here"
 
 
 def test_a_reactor_shutting_down_ends_a_dial_in_flight(
@@ -1120,6 +1136,7 @@ def test_a_reactor_shutting_down_ends_a_dial_in_flight(
 
 
 def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
+    lean_listening: tuple[EPollReactor, tcp.Port, Built, socket.socket],
     stalled: tuple[Any, ...],
 ) -> None:
     """
@@ -1128,53 +1145,32 @@ def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
     are still older than what the handler made: a hang-up is dropped, and
     writability is checked with C{connect()}.
     """
-    epoll = EPollReactor()
-    assert lean_dispatch(epoll)
-    factory = Built()
-    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=epoll)
-    port.startListening()
-    use_lean_transports(port)
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
-    a, b = socket.socketpair()
+    epoll, port, factory, _ = lean_listening
     reported: list[Any] = []
-    dials: dict[str, LeanClient] = {}
-
-    def dial() -> LeanClient:
-        return LeanClient.dial(
-            epoll, stalled, OneProtocol(), lambda t, f: reported.append((t, f)),
-            timeout=5, clock=task.Clock(),
-        )  # fmt: skip
+    dials = {
+        "hung": stalled_dial(epoll, stalled, reported),
+        "written": stalled_dial(epoll, stalled, reported),
+    }
+    numbers = sorted(d.fileno() for d in dials.values())
 
     def act() -> None:
         dials["hung"].cancel()
         dials["written"].cancel()
-        dials["new"] = dial()  # takes a number: the lowest free
+        dials["new"] = stalled_dial(epoll, stalled, reported)  # the lowest number
         epoll.doPoll(0)  # type: ignore[attr-defined]
-        port.doRead()  # takes the other
+        port.doRead()  # the other
 
-    dials["hung"] = dial()
-    dials["written"] = dial()
-    numbers = sorted([dials["hung"].fileno(), dials["written"].fileno()])
-    epoll.addReader(Handler(a, act))
-    epoll._poller = Replayed(  # type: ignore[attr-defined]
-        epoll._poller,  # type: ignore[attr-defined]
-        [(a.fileno(), select.EPOLLIN)]
-        + [(n, REFUSED_EVENT) for n in numbers]
-        + [(n, select.EPOLLOUT) for n in numbers],
-    )
     try:
-        epoll.doPoll(0)  # type: ignore[attr-defined]
+        replay(
+            epoll, act,
+            [(n, REFUSED_EVENT) for n in numbers]
+            + [(n, select.EPOLLOUT) for n in numbers],
+        )  # fmt: skip
         [accepted] = factory.built
-        assert sorted([dials["new"].fileno(), accepted.transport.fileno()]) == numbers  # type: ignore[union-attr]
+        taken = [dials["new"].fileno(), accepted.transport.fileno()]  # type: ignore[union-attr]
+        assert sorted(taken) == numbers
         assert reported == [] and not dials["new"].connected
         assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
     finally:
         for dialled in dials.values():
             dialled.cancel()
-        for built in factory.built:
-            built.transport.abortConnection()  # type: ignore[union-attr]
-        client.close()
-        a.close()
-        b.close()
-        port.socket.close()
-        epoll._poller.close()  # type: ignore[attr-defined]
