@@ -205,9 +205,9 @@ def lean_dispatch(reactor: object) -> bool:
     """
     if type(reactor) is not EPollReactor:
         return False
-    if not hasattr(reactor, POLLS):
-        setattr(reactor, POLLS, 0)
-        setattr(reactor, DISPATCHING, 0)
+    for counter in (POLLS, DISPATCHING):
+        if not hasattr(reactor, counter):
+            setattr(reactor, counter, 0)
     poll = MethodType(_do_poll, reactor)
     reactor.doPoll = poll  # type: ignore[method-assign]
     reactor.doIteration = poll  # type: ignore[method-assign]

@@ -9,6 +9,8 @@ would once the socket is writable.
 from __future__ import annotations
 
 import errno
+import gc
+import os
 import select
 import socket
 from collections.abc import Iterator
@@ -1028,10 +1030,17 @@ def lean_listening() -> Iterator[tuple[EPollReactor, tcp.Port, Built, socket.soc
     epoll._poller.close()  # type: ignore[attr-defined]
 
 
-def replay(epoll: EPollReactor, act: Any, events: list[tuple[int, int]]) -> None:
+def replay(
+    epoll: EPollReactor, act: Any, events: list[tuple[int, int]], reused: int
+) -> None:
     """
     Hand C{epoll}'s loop one batch: a handler's event, which runs C{act},
     then C{events}, as epoll reported them before the handler ran.
+
+    The handler closes sockets and makes new ones, which are to take the
+    closed ones' numbers: every free number below C{reused} (the highest
+    of them) is taken meanwhile, and the collector held off, so that the
+    closed ones are the lowest free (Linux hands out the lowest).
     """
     a, b = socket.socketpair()
     handler = Handler(a, act)
@@ -1040,9 +1049,18 @@ def replay(epoll: EPollReactor, act: Any, events: list[tuple[int, int]]) -> None
         epoll._poller,  # type: ignore[attr-defined]
         [(a.fileno(), select.EPOLLIN), *events],
     )
+    gc.collect()
+    gc.disable()
+    plugs: list[int] = []
     try:
+        while (plug := os.open(os.devnull, os.O_RDONLY)) < reused:
+            plugs.append(plug)
+        os.close(plug)
         epoll.doPoll(0)  # type: ignore[attr-defined]
     finally:
+        for plug in plugs:
+            os.close(plug)
+        gc.enable()
         epoll._poller = epoll._poller.real  # type: ignore[attr-defined]
         epoll.removeReader(handler)
         a.close()
@@ -1070,7 +1088,7 @@ def test_a_hangup_for_a_closed_socket_does_not_fail_a_dial_that_took_its_number(
         dials["new"] = stalled_dial(epoll, stalled, reported)
 
     try:
-        replay(epoll, cancel_and_dial_again, [(old_fd, REFUSED_EVENT)])
+        replay(epoll, cancel_and_dial_again, [(old_fd, REFUSED_EVENT)], old_fd)
         new = dials["new"]
         assert new.fileno() == old_fd  # the number was reused within the batch
         assert reported == []
@@ -1099,7 +1117,7 @@ def test_a_hangup_for_a_closed_socket_does_not_end_a_connection_that_took_its_nu
         old.cancel()
         port.doRead()
 
-    replay(epoll, cancel_and_accept, [(old_fd, REFUSED_EVENT)])
+    replay(epoll, cancel_and_accept, [(old_fd, REFUSED_EVENT)], old_fd)
     [accepted] = factory.built
     assert accepted.transport.fileno() == old_fd  # type: ignore[union-attr]
     assert accepted.lost is None and accepted.transport.connected  # type: ignore[union-attr]
@@ -1165,6 +1183,7 @@ def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
             epoll, act,
             [(n, REFUSED_EVENT) for n in numbers]
             + [(n, select.EPOLLOUT) for n in numbers],
+            numbers[-1],
         )  # fmt: skip
         [accepted] = factory.built
         taken = [dials["new"].fileno(), accepted.transport.fileno()]  # type: ignore[union-attr]
