@@ -504,6 +504,11 @@ class LeanClient(_Lean, tcp.Connection):
         self._timeout: _Deadlines | None = None
         #: The call that starts watching the socket (outside lean_dispatch).
         self._watch_call: IDelayedCall | None = None
+        # Nothing is read until connected: a read event before then is that
+        # of a socket closed earlier in the batch whose number this one took
+        # (see MADE_IN), and doRead reads nothing while a pause is pending.
+        # Connected, the socket is moved to reading, which clears it.
+        self._pause_pending = True
         self._no_delay = True
         #: lean_dispatch's batch count when this was dialled (None: the
         #: reactor's own loop runs, and every wake-up is checked; MADE_IN).
@@ -651,8 +656,16 @@ class LeanClient(_Lean, tcp.Connection):
             # says why. (Not another socket's event of the same number: see
             # dial and MADE_IN.) Or the reactor is shutting down.
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            self._fail(code or errno.ECONNREFUSED)
+            if code:
+                self._fail(code)
+            else:
+                # No error on the socket: the reactor let go of it (shutdown).
+                self._end_attempt(
+                    Failure(error.ConnectError(string=reason.getErrorMessage()))
+                )
             return
+        if not self.connected:
+            return  # the attempt ended before it connected: nothing more to end
         _connection_lost(self, reason)
         factory, self._factory = self._factory, None
         if factory is not None:

@@ -251,3 +251,21 @@ def test_a_peers_fin_half_closes_and_stops_only_the_reading(
     reactor.runUntilCurrent()  # the close due at the start of the next turn
     assert protocol.lost and fd not in r._selectables
     theirs.close()
+
+
+def test_applied_again_or_over_a_partial_state_it_polls_and_keeps_counting() -> None:
+    """
+    lean_dispatch may meet a reactor it was applied to already, or one that
+    has its batch count but not the batch being handed out: each counter it
+    lacks is added, none is reset, and polling works.
+    """
+    r = EPollReactor()
+    r._tlsgate_polls = 5  # type: ignore[attr-defined]
+    try:
+        assert lean_dispatch(r)
+        assert lean_dispatch(r)
+        r.doPoll(0)  # type: ignore[attr-defined]
+        assert r._tlsgate_polls == 6  # type: ignore[attr-defined]
+        assert r._tlsgate_dispatching == 0  # type: ignore[attr-defined]
+    finally:
+        r._poller.close()  # type: ignore[attr-defined]

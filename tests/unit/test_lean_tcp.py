@@ -1148,9 +1148,102 @@ def test_a_reactor_shutting_down_ends_a_dial_in_flight(
         epoll.disconnectAll()
         assert client not in epoll._selectables.values()  # type: ignore[attr-defined]
         assert client.socket.fileno() == -1
-        assert (factory.starts, factory.stops) == (1, 1) and len(reported) == 1
+        assert (factory.starts, factory.stops) == (1, 1)
+        [(transport, reason)] = reported
+        # Not a refusal: nothing refused it (a pool would count it as one).
+        assert transport is None and type(reason.value) is error.ConnectError
     finally:
         client.cancel()
+
+
+def test_a_dial_cancelled_before_the_reactor_lets_go_of_it_ends_once(
+    epoll: EPollReactor, stalled: tuple[Any, ...]
+) -> None:
+    """
+    At shutdown a relay whose client went first cancels its dial, then the
+    reactor, holding its own list, tells the dial its connection is lost:
+    nothing more happens, and nothing is raised.
+    """
+    reported: list[Any] = []
+    factory = OneProtocol()
+    client = LeanClient.dial(
+        epoll, stalled, factory, lambda t, f: reported.append((t, f)),
+        timeout=5, clock=task.Clock(),
+    )  # fmt: skip
+    epoll.runUntilCurrent()
+    client.cancel()
+    client.connectionLost(Failure(error.ConnectionLost()))
+    assert reported == [] and (factory.starts, factory.stops) == (1, 1)
+
+
+def test_a_dial_ended_before_its_first_turn_leaves_nothing_behind(
+    listener: socket.socket,
+) -> None:
+    """
+    Under a reactor's own loop a dial is watched from the next turn; one
+    cancelled, or timed out on another clock, before then leaves no call,
+    no registration and no open socket.
+    """
+    reactor = Reactor()
+    cancelled = LeanClient.dial(
+        reactor, listener.getsockname(), OneProtocol(), lambda t, f: None
+    )
+    cancelled.cancel()
+    clock = task.Clock()
+    reported: list[Any] = []
+    timed_out = LeanClient.dial(
+        reactor, listener.getsockname(), OneProtocol(),
+        lambda t, f: reported.append((t, f)), timeout=1, clock=clock,
+    )  # fmt: skip
+    clock.advance(1)
+    assert reported[0][1].check(error.TimeoutError)
+    assert reactor.getDelayedCalls() == [] and clock.getDelayedCalls() == []
+    reactor.advance(0)
+    assert reactor.writers == set()
+    assert cancelled.socket.fileno() == -1 and timed_out.socket.fileno() == -1
+
+
+def test_a_read_event_for_a_closed_socket_reads_nothing_from_a_dial_that_took_its_number(
+    epoll: EPollReactor, listener: socket.socket
+) -> None:
+    """
+    A closed socket's read event, still to come in the batch, reaches a
+    dial that took its number and connected at once (loopback), to a
+    backend that speaks first: nothing is read before the dial is
+    connected, and the greeting reaches the protocol once it is.
+    """
+    reported: list[Any] = []
+    factory = OneProtocol()
+    dials = {"old": stalled_dial(epoll, listener.getsockname(), [])}
+    old_fd = dials["old"].fileno()
+    accepted: list[socket.socket] = []
+
+    def dial_and_greet() -> None:
+        dials["old"].cancel()
+        dials["new"] = LeanClient.dial(
+            epoll, listener.getsockname(), factory,
+            lambda t, f: reported.append((t, f)), timeout=5, clock=task.Clock(),
+        )  # fmt: skip
+        for stale in listener.accept()[0], listener.accept()[0]:
+            accepted.append(stale)
+        for backend in accepted:
+            backend.sendall(b"220 greeting")
+
+    try:
+        replay(epoll, dial_and_greet, [(old_fd, select.EPOLLIN)], old_fd)
+        assert dials["new"].fileno() == old_fd and reported == []
+        for _ in range(20):
+            if factory.built.data:
+                break
+            epoll.runUntilCurrent()
+            epoll.doPoll(0.5)  # type: ignore[attr-defined]
+        assert reported == [(dials["new"], None)]
+        assert factory.built.data == b"220 greeting"
+    finally:
+        for dialled in dials.values():
+            dialled.cancel()
+        for backend in accepted:
+            backend.close()
 
 
 def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
