@@ -568,6 +568,13 @@ class LeanClient(_Lean, tcp.Connection):
         if self._done is not None:
             self.startWriting()
 
+    def stopReading(self) -> None:
+        _Lean.stopReading(self)
+        if self._done is not None:
+            # Still dialling: doRead stopped at a read event that was not
+            # this socket's, and the next one must find the pause too.
+            self._pause_pending = True
+
     @classmethod
     def _unusable(
         cls,

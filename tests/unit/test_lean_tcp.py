@@ -1150,7 +1150,7 @@ def test_a_reactor_shutting_down_ends_a_dial_in_flight(
         assert client.socket.fileno() == -1
         assert (factory.starts, factory.stops) == (1, 1)
         [(transport, reason)] = reported
-        # Not a refusal: nothing refused it (a pool would count it as one).
+        # Not a refusal: nothing refused it.
         assert transport is None and type(reason.value) is error.ConnectError
     finally:
         client.cancel()
@@ -1244,6 +1244,32 @@ def test_a_read_event_for_a_closed_socket_reads_nothing_from_a_dial_that_took_it
             dialled.cancel()
         for backend in accepted:
             backend.close()
+
+
+def test_read_events_before_the_connect_completes_read_nothing(
+    listener: socket.socket,
+) -> None:
+    """
+    However many read events reach a dial before its connect is seen (a
+    poll inside a handler can hand it two of another socket's), none reads:
+    a backend's greeting waits for the protocol.
+    """
+    epoll = EPollReactor()
+    assert lean_dispatch(epoll)
+    reported: list[Any] = []
+    client = stalled_dial(epoll, listener.getsockname(), reported)
+    backend, _ = listener.accept()
+    backend.sendall(b"220 greeting")
+    try:
+        assert client.doRead() is None
+        assert client.doRead() is None
+        assert reported == [] and not client.connected
+        select.select([client.socket], [], [], 5)
+        assert client.socket.recv(64, socket.MSG_PEEK) == b"220 greeting"
+    finally:
+        client.cancel()
+        backend.close()
+        epoll._poller.close()  # type: ignore[attr-defined]
 
 
 def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
