@@ -1000,12 +1000,15 @@ def stalled() -> Iterator[tuple[Any, ...]]:
 
 
 def stalled_dial(
-    reactor: EPollReactor, address: tuple[Any, ...], reported: list[Any]
+    reactor: EPollReactor,
+    address: tuple[Any, ...],
+    reported: list[Any],
+    factory: OneProtocol | None = None,
 ) -> LeanClient:
-    """A dial to the stalled listener at C{address}; what it reports, kept."""
+    """A dial to C{address} (the stalled listener); what it reports, kept."""
     return LeanClient.dial(
-        reactor, address, OneProtocol(), lambda t, f: reported.append((t, f)),
-        timeout=5, clock=task.Clock(),
+        reactor, address, factory or OneProtocol(),
+        lambda t, f: reported.append((t, f)), timeout=5, clock=task.Clock(),
     )  # fmt: skip
 
 
@@ -1139,10 +1142,7 @@ def test_a_reactor_shutting_down_ends_a_dial_in_flight(
     """
     reported: list[Any] = []
     factory = OneProtocol()
-    client = LeanClient.dial(
-        epoll, stalled, factory, lambda t, f: reported.append((t, f)),
-        timeout=5, clock=task.Clock(),
-    )  # fmt: skip
+    client = stalled_dial(epoll, stalled, reported, factory)
     epoll.runUntilCurrent()  # watched (from the next turn, under the stock loop)
     try:
         epoll.disconnectAll()
@@ -1166,10 +1166,7 @@ def test_a_dial_cancelled_before_the_reactor_lets_go_of_it_ends_once(
     """
     reported: list[Any] = []
     factory = OneProtocol()
-    client = LeanClient.dial(
-        epoll, stalled, factory, lambda t, f: reported.append((t, f)),
-        timeout=5, clock=task.Clock(),
-    )  # fmt: skip
+    client = stalled_dial(epoll, stalled, reported, factory)
     epoll.runUntilCurrent()
     client.cancel()
     client.connectionLost(Failure(error.ConnectionLost()))
@@ -1220,10 +1217,7 @@ def test_a_read_event_for_a_closed_socket_reads_nothing_from_a_dial_that_took_it
 
     def dial_and_greet() -> None:
         dials["old"].cancel()
-        dials["new"] = LeanClient.dial(
-            epoll, listener.getsockname(), factory,
-            lambda t, f: reported.append((t, f)), timeout=5, clock=task.Clock(),
-        )  # fmt: skip
+        dials["new"] = stalled_dial(epoll, listener.getsockname(), reported, factory)
         for stale in listener.accept()[0], listener.accept()[0]:
             accepted.append(stale)
         for backend in accepted:
