@@ -18,9 +18,11 @@ attribute of the reactor): an event is handled later in the batch it came
 in, by when an earlier handler may have closed its descriptor and a new
 socket may have the same number. A selectable that records the batch it was
 made in (L{MADE_IN}: tlsgate's own transports) can tell an event that was
-the old socket's: the loop drops a hang-up or error of that batch for it
-(it would end a connection that has only begun), and
-L{tlsgate._tcp.LeanClient} checks a writability event of that batch.
+the old socket's: the loop drops a hang-up or error of that batch, or of a
+later one a handler took by polling again (it would end a connection that
+has only begun), and a L{tlsgate._tcp.LeanClient} checks a writability event
+of that batch with C{connect()} and reads nothing until it is connected.
+Which batch is being handed out is L{DISPATCHING}.
 """
 
 from __future__ import annotations

@@ -633,7 +633,7 @@ class LeanClient(_Lean, tcp.Connection):
         # number (an earlier handler closed it, this dial reused it): that
         # one is checked as above.
         done, self._done = self._done, None
-        self._cancel_timeout()
+        self._cancel_timers()
         factory = self._factory
         assert factory is not None
         try:
@@ -710,7 +710,7 @@ class LeanClient(_Lean, tcp.Connection):
         if done is not None:
             done(None, reason)
 
-    def _cancel_timeout(self) -> None:
+    def _cancel_timers(self) -> None:
         """The attempt's timers, gone: its timeout, and a watch to start."""
         if self._timeout is not None:
             self._timeout.discard(self)
@@ -720,7 +720,7 @@ class LeanClient(_Lean, tcp.Connection):
             self._watch_call = None
 
     def _close_attempt(self) -> None:
-        self._cancel_timeout()
+        self._cancel_timers()
         self.stopWriting()
         self.disconnected = 1
         self.socket.close()
