@@ -190,6 +190,11 @@ class Connection:
         self.server.connectionLost(Failure(ConnectionDone()))
 
     @property
+    def tcp_producer(self) -> Any:
+        """What the client's TCP connection pauses when its buffer is full."""
+        return self.wire.producer
+
+    @property
     def handle(self) -> Any:
         """The server's C{SSL.Connection} (both sides keep Twisted's name)."""
         return self.server._tlsConnection
@@ -400,6 +405,10 @@ class FusedConnection(Connection):
     def unsent(self) -> bytes:
         self._peeked = self.take()
         return self._peeked
+
+    @property
+    def tcp_producer(self) -> Any:
+        return self.server.producer
 
     @property
     def closing(self) -> bool:
@@ -720,6 +729,12 @@ def test_a_request_and_close_notify_before_the_backend_answers_are_relayed(
     c.move()
     assert c.backend.wire.value() == b"early request"
     assert c.backend.wire.write_closed
+    # The answer is held back while the client does not read, as when the
+    # backend connects first (its producer is registered all the same).
+    c.tcp_producer.pauseProducing()
+    assert c.backend.wire.producerState == "paused"
+    c.tcp_producer.resumeProducing()
+    assert c.backend.wire.producerState == "producing"
     c.backend.protocol.dataReceived(b"late answer")
     c.move()
     assert c.read() == (b"late answer", None)

@@ -75,6 +75,38 @@ def test_the_connection_leads_the_client_auth_callback_to_the_tracker(
     assert fused.server.getHandle().get_app_data().wrappedProtocol is fused.tracked
 
 
+def _backend_paused_while_the_client_reads_nothing(c: Any) -> None:
+    """
+    The backend answers a client that reads nothing: it is paused once the
+    gateway's buffer is past its mark, the buffer stays about one chunk past
+    it, and once the client reads, the backend resumes and every byte arrives
+    in order.
+    """
+    backend = c.backend.wire
+    chunk = b"z" * 65536
+    writes = 0
+    for _ in range(64):  # 4 MiB offered while the client reads nothing
+        if backend.producerState == "paused":
+            break
+        c.backend.protocol.dataReceived(chunk)
+        writes += 1
+        c.turn()
+    assert backend.producerState == "paused"
+    t = c.server
+    held = len(t.dataBuffer) - t.offset + t._tempDataLen
+    assert held <= 2 * t.bufferSize + 65536 + 1024  # about one chunk past the mark
+    received = b""
+    for _ in range(1000):
+        if backend.producerState != "paused":
+            break
+        c.move()
+        received += c.read()[0]
+    assert backend.producerState == "producing"  # resumed once drained
+    c.move()
+    received += c.read()[0]
+    assert received == chunk * writes  # all of it, in order
+
+
 def test_a_client_that_stops_reading_pauses_the_backend(fused: Any) -> None:
     """
     What the gateway cannot send waits in one transport buffer, and the
@@ -82,30 +114,24 @@ def test_a_client_that_stops_reading_pauses_the_backend(fused: Any) -> None:
     membrane): memory per connection stays bounded.
     """
     fused.send(b"GET /big")
-    backend = fused.backend.wire
-    chunk = b"z" * 65536
-    fused.backend_writes = 0
-    for _ in range(64):  # 4 MiB offered while the client reads nothing
-        if backend.producerState == "paused":
-            break
-        fused.backend.protocol.dataReceived(chunk)
-        fused.backend_writes += 1
-        fused.turn()
-    assert backend.producerState == "paused"
-    offered = chunk * fused.backend_writes
-    t = fused.server
-    held = len(t.dataBuffer) - t.offset + t._tempDataLen
-    assert held <= 2 * t.bufferSize + 65536 + 1024  # about one chunk past the mark
-    received = b""
-    for _ in range(1000):
-        if backend.producerState != "paused":
-            break
-        fused.move()
-        received += fused.read()[0]
-    assert backend.producerState == "producing"  # resumed once drained
-    fused.move()
-    received += fused.read()[0]
-    assert received == offered  # all of it, in order
+    _backend_paused_while_the_client_reads_nothing(fused)
+
+
+def test_a_client_that_finished_before_the_backend_connected_pauses_it_too(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """
+    The request and close_notify come with the client's Finished, so the
+    client is done before the backend connects: its answer is still held
+    back while the client reads nothing.
+    """
+    with connection(contexts, ca, backend_at_once=False, handshake=False) as c:
+        c.handshake(then_send=b"GET /big", then_close_notify=True)
+        c.backend.complete()
+        c.move()
+        assert c.backend.wire.value() == b"GET /big"
+        assert c.backend.wire.write_closed
+        _backend_paused_while_the_client_reads_nothing(c)
 
 
 def test_a_tls_error_after_the_handshake_ends_it_as_one(fused: Any) -> None:

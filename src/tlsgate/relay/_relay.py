@@ -154,6 +154,10 @@ class RelayProtocol(Protocol):
             self._early = []
         if self.client_done:
             # The client said all it had to say before the backend answered.
+            # Its input is over, but its output is what the backend's answer
+            # fills: the backend is paused while the client does not read, as
+            # on the path below, or the answer would pile up in the gateway.
+            self.transport.registerProducer(btransport, True)  # type: ignore[attr-defined]
             _shut_write(btransport)
             return
         btransport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
