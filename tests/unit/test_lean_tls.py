@@ -348,3 +348,38 @@ def test_a_protocol_failing_in_the_last_read_still_hears_the_end(
             c.server.connectionLost(Failure(ConnectionDone()))
         assert c.server.disconnected  # the socket is closed all the same
         assert len(app.lost) == 1  # and the protocol told once
+
+
+def test_a_slow_reader_gets_the_whole_answer_after_the_backend_closed(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """
+    The backend sends 1 MiB and closes while the client reads 32 KiB a
+    second: the close_grace abort waits while it reads, and comes only once
+    it stopped taking anything.
+    """
+    limits = Limits(close_grace=5, idle_timeout=300)
+    with connection(contexts, ca, limits=limits) as c:
+        c.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(b"GET /file")
+        body = b"b" * (1 << 20)
+        backend = c.backend.wire
+        offered = 0
+        got = b""
+        for _ in range(300):
+            if offered < len(body) and backend.producerState != "paused":
+                c.backend.protocol.dataReceived(body[offered : offered + 65536])
+                offered += 65536
+                if offered == len(body):
+                    c.backend.fin()
+                    c.backend.closed()
+            with contextlib.suppress(BlockingIOError):
+                c._in.write(c.theirs.recv(32768))
+            got += c.read()[0]
+            c.clock.advance(1)
+            c.turn()
+            if c.server.disconnected:
+                break
+        assert got == body
+        assert c.server.disconnected and c.aborted  # the client never answered
+        assert c.reason == CloseReason.BACKEND

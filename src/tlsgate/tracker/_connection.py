@@ -54,6 +54,7 @@ from tlsgate._declarations import once_per_kind
 from tlsgate._halfclose import can_half_close
 from tlsgate.certs import negotiated_group, session_reused
 from tlsgate.tracker._limits import CloseReason
+from tlsgate.tracker._unsent import unsent_bytes
 
 if TYPE_CHECKING:
     from tlsgate.tracker._tracker import ConnectionTracker
@@ -138,7 +139,7 @@ class TrackedProtocol(Protocol):
     __slots__ = (
         "__provides__", "_aborting", "_active", "_bucket", "_finished", "_handshake_from",
         "_last", "_last_out", "_lifetime_at",
-        "_quiet_deadline", "_rotation", "_timer", "_tls", "bytes_in", "bytes_out",
+        "_quiet_deadline", "_rotation", "_timer", "_tls", "_unsent", "bytes_in", "bytes_out",
         "closing", "connected", "generation", "group", "handshake_done", "identity", "peer", "reason",
         "started", "tracker", "transport", "wrapped",
     )  # fmt: skip
@@ -173,6 +174,9 @@ class TrackedProtocol(Protocol):
         self._finished = False
         self._aborting = False
         self._quiet_deadline = 0.0
+        #: Bytes the client had not taken at the last look of the abort
+        #: timer (None: it cannot be told).
+        self._unsent: int | None = None
 
     # -- the TLS layer's side ----------------------------------------------
 
@@ -442,8 +446,14 @@ class TrackedProtocol(Protocol):
         if self.closing or self.transport is None:
             return
         self.closing = True
-        self.reason = reason
         self.tracker._disarm(self)
+        if self._aborting:
+            # The application closed it already (its backend went), and the
+            # abort armed then bounds it: from now on within close_grace,
+            # whether or not the client is still reading (_grace_over). The
+            # close stays the application's.
+            return
+        self.reason = reason
         self._cancel_timer()
         if self._tls and not self.handshake_done:
             self.abortConnection()
@@ -487,7 +497,32 @@ class TrackedProtocol(Protocol):
         if grace and not self._aborting:
             self._aborting = True
             self._cancel_timer()
-            self._timer = self.tracker.clock.callLater(grace, self.abortConnection)
+            self._unsent = unsent_bytes(self.transport)
+            self._timer = self.tracker.clock.callLater(grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        """
+        C{close_grace} passed since the close began, or since the last look.
+        A close the gateway decided (idle, lifetime, rotation, drain) ends
+        now, as the drain's bound on a stop needs. After the application's
+        own close, a client still taking what it was sent gets another
+        C{close_grace}; one that took nothing is aborted.
+        """
+        self._timer = None
+        unsent = unsent_bytes(self.transport)
+        last = self._unsent
+        if (
+            not self.closing
+            and unsent is not None
+            and last is not None
+            and unsent < last
+        ):
+            self._unsent = unsent
+            self._timer = self.tracker.clock.callLater(
+                self.tracker.limits.close_grace, self._grace_over
+            )
+            return
+        self.abortConnection()
 
     def schedule_rotation_close(self, delay: float) -> None:
         if self._rotation is None and not self.closing:

@@ -1,0 +1,161 @@
+"""
+The abort after C{close_grace}: strict for a close the gateway decided, and
+measured by the client's progress after the application's own close, over a
+real socket pair so that the kernel's send queue is real (L{unsent_bytes}).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from tests.unit.test_tracker import Transport, connect, run, tracker_for
+from tlsgate.tracker import CloseReason, ConnectionTracker
+from tlsgate.tracker._unsent import unsent_bytes
+
+GRACE = 5
+
+
+class SocketTransport(Transport):
+    """
+    A test transport over one end of a socket pair, with the buffer
+    attributes of Twisted's TCP transports: what was sent sits in the
+    kernel's queue until the other end reads it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._lenient = True  # the tracker pauses and resumes while closing
+        self.socket = sock
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    for s in (ours, theirs):
+        s.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def queued_connection(
+    tracker: ConnectionTracker, pair: tuple[socket.socket, socket.socket]
+) -> tuple[Any, SocketTransport]:
+    """
+    A connection whose socket holds 64 KiB the client has not read, sent in
+    4 KiB writes (a UNIX socket's queue shrinks by whole writes, as they are
+    read).
+    """
+    protocol, _ = connect(tracker)
+    transport = SocketTransport(pair[0])
+    protocol.transport = transport
+    for _ in range(16):
+        pair[0].sendall(b"x" * 4096)
+    return protocol, transport
+
+
+def read_some(theirs: socket.socket) -> int:
+    return len(theirs.recv(4096))
+
+
+def test_unsent_bytes_counts_the_kernels_queue_and_the_buffer(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    transport = SocketTransport(pair[0])
+    assert unsent_bytes(transport) == 0
+    pair[0].sendall(b"x" * 4096)
+    pair[0].sendall(b"x" * 4096)
+    in_kernel = unsent_bytes(transport)
+    assert in_kernel is not None and in_kernel >= 8192
+    transport.dataBuffer, transport._tempDataLen = b"y" * 300, 200
+    assert unsent_bytes(transport) == in_kernel + 500
+    transport.offset = 100
+    assert unsent_bytes(transport) == in_kernel + 400
+    transport.dataBuffer, transport.offset, transport._tempDataLen = b"", 0, 0
+    pair[1].recv(4096)
+    after_one = unsent_bytes(transport)
+    assert after_one is not None and 0 < after_one < in_kernel
+    pair[1].recv(4096)
+    assert unsent_bytes(transport) == 0
+    assert unsent_bytes(Transport()) is None  # no socket: cannot tell
+    pair[0].close()
+    assert unsent_bytes(transport) is None
+
+
+def test_a_client_reading_slowly_after_the_application_closed_is_not_cut_off(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.loseConnection()  # the backend went: the relay closes
+    taken = 0
+    while taken < 65536:  # 4 KiB every 4 s: far slower than close_grace allows
+        run(clock, 4)
+        assert not transport.aborted
+        taken += read_some(pair[1])
+    # All taken; a client that then never answers close_notify is aborted
+    # within two graces of its last read.
+    run(clock, 2 * GRACE)
+    assert transport.aborted
+
+
+def test_a_client_taking_nothing_after_the_application_closed_is_aborted(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.loseConnection()
+    run(clock, GRACE - 0.5)
+    assert not transport.aborted
+    run(clock, 0.5)
+    assert transport.aborted
+
+
+def test_a_close_the_gateway_decided_is_aborted_after_close_grace_however_it_reads(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The drain's bound on a stop holds with a client still reading."""
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.close_gracefully(CloseReason.DRAIN, quiet=True)
+    for _ in range(GRACE):
+        assert not transport.aborted
+        read_some(pair[1])
+        run(clock, 1)
+    assert transport.aborted
+
+
+def test_a_drain_bounds_a_connection_the_application_closed(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """
+    The application closed first and its client still reads; a drain then
+    ends it within close_grace, and the close stays the application's.
+    """
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.wrapped.close_reason = CloseReason.BACKEND
+    protocol.loseConnection()
+    run(clock, 3)
+    tracker.drain(1)
+    for _ in range(2 * GRACE):
+        if transport.aborted:
+            break
+        read_some(pair[1])
+        run(clock, 1)
+    assert transport.aborted
+    assert clock.seconds() <= 3 + 1 + GRACE + 1
+    protocol.connectionLost(Exception())  # type: ignore[arg-type]
+    assert tracker.closed == {CloseReason.BACKEND: 1}
