@@ -158,6 +158,10 @@ class LeanTLSServer(TLSServerCore, LeanServer):
     #: Application writes that OpenSSL could not take yet (before the
     #: handshake completed), sent once it has (a list only then).
     _app_buffer: Sequence[bytes] = ()
+    #: The producer these held writes paused (and only it is resumed once
+    #: they go): pausing and resuming stay paired, as through Twisted's
+    #: producer membrane, whatever the producer and whenever it registered.
+    _held_producer: Any = None
 
     #: OpenSSL's output goes straight to the socket (the lean TCP write),
     #: and the TCP close is the lean transport's.
@@ -373,8 +377,9 @@ class LeanTLSServer(TLSServerCore, LeanServer):
     def _bufferedWrite(self, data: bytes) -> None:
         self._app_buffer = [*self._app_buffer, data]
         producer: Any = self.producer
-        if producer is not None:
+        if producer is not None and producer is not self._held_producer:
             producer.pauseProducing()
+            self._held_producer = producer
 
     def _unbuffer(self) -> None:
         """The handshake completed: the writes held for it go now."""
@@ -385,8 +390,9 @@ class LeanTLSServer(TLSServerCore, LeanServer):
         if self._app_buffer:
             return
         producer: Any = self.producer
+        held, self._held_producer = self._held_producer, None
         if producer is not None:
-            if not self.producerPaused:
+            if producer is held and not self.producerPaused:
                 producer.resumeProducing()
             return
         if self._tls_closing:
@@ -411,10 +417,14 @@ class LeanTLSServer(TLSServerCore, LeanServer):
             self._tls_reason = reason
         self._lostTLSConnection = True
         self._flushSendBIO()
-        if self.producer is not None:
+        producer = self.producer
+        if producer is not None:
             # Nothing the producer writes can be sent now: without it, the
-            # TCP close does not wait for it.
+            # TCP close does not wait for it. It is told to stop, as a TCP
+            # transport tells its producer when the connection goes (a pull
+            # producer's wrapper would pull on otherwise).
             abstract.FileDescriptor.unregisterProducer(self)
+            producer.stopProducing()
         self._close_tcp()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -383,3 +383,70 @@ def test_a_slow_reader_gets_the_whole_answer_after_the_backend_closed(
         assert got == body
         assert c.server.disconnected and c.aborted  # the client never answered
         assert c.reason == CloseReason.BACKEND
+
+
+class Strict:
+    """A push producer that, as Twisted's pull-producer wrapper, refuses an
+    unpaired resume; it counts what it is told."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = self.resumes = self.stops = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        if not self.paused:
+            raise AssertionError("resumed without a pause")
+        self.resumes += 1
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stops += 1
+
+
+def producing_app(*, before: int, after: int) -> Any:
+    """An application that writes C{before} times, registers a L{Strict}
+    producer, then writes C{after} times, all before the handshake ends."""
+
+    class App(Protocol):
+        def connectionMade(self) -> None:
+            for _ in range(before):
+                self.transport.write(b"early;")  # type: ignore[union-attr]
+            self.producer = Strict()
+            self.transport.registerProducer(self.producer, True)  # type: ignore[union-attr]
+            for _ in range(after):
+                self.transport.write(b"held;")  # type: ignore[union-attr]
+
+    return Factory.forProtocol(App)
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 0), (0, 2), (1, 2)])
+def test_writes_held_for_the_handshake_pause_and_resume_a_producer_in_pairs(
+    contexts: ReloadingContextFactory, ca: trustme.CA, before: int, after: int
+) -> None:
+    """
+    Held writes pause the producer once, however many, and resume it once
+    they go; a producer that registered after they began is left alone.
+    """
+    app = producing_app(before=before, after=after)
+    with connection(contexts, ca, app=app, handshake=False) as c:
+        c.handshake()
+        producer = c.tracked.wrapped.producer
+        assert (producer.pauses, producer.resumes) == ((1, 1) if after else (0, 0))
+        assert not producer.paused
+        assert c.read()[0] == b"early;" * before + b"held;" * after
+
+
+def test_the_producer_is_told_to_stop_when_the_tls_connection_ends(
+    contexts: ReloadingContextFactory, ca: trustme.CA
+) -> None:
+    """As a TCP transport tells its producer when the connection goes."""
+    app = producing_app(before=0, after=0)
+    with connection(contexts, ca, app=app) as c:
+        producer = c.tracked.wrapped.producer
+        c.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+        c.lost()
+        assert producer.stops == 1
