@@ -111,10 +111,29 @@ def test_a_client_reading_slowly_after_the_application_closed_is_not_cut_off(
 def test_a_client_taking_nothing_after_the_application_closed_is_aborted(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
+    """
+    Nothing is measured at the close (most clients answer first): the first
+    look finds some of the answer unsent and gives the client another
+    close_grace, in which it takes nothing.
+    """
     clock = Clock()
     tracker = tracker_for(clock, close_grace=GRACE)
     protocol, transport = queued_connection(tracker, pair)
     protocol.loseConnection()
+    run(clock, 2 * GRACE - 0.5)
+    assert not transport.aborted
+    run(clock, 0.5)
+    assert transport.aborted
+
+
+def test_a_client_with_everything_that_never_answers_is_aborted_after_close_grace(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = connect(tracker)
+    protocol.transport = transport = SocketTransport(pair[0])
+    protocol.loseConnection()  # all it was sent, it has taken
     run(clock, GRACE - 0.5)
     assert not transport.aborted
     run(clock, 0.5)

@@ -497,7 +497,9 @@ class TrackedProtocol(Protocol):
         if grace and not self._aborting:
             self._aborting = True
             self._cancel_timer()
-            self._unsent = unsent_bytes(self.transport)
+            # Nothing is measured now: most clients answer within the grace,
+            # and the timer is cancelled unread (_grace_over's first look).
+            self._unsent = None
             self._timer = self.tracker.clock.callLater(grace, self._grace_over)
 
     def _grace_over(self) -> None:
@@ -505,18 +507,15 @@ class TrackedProtocol(Protocol):
         C{close_grace} passed since the close began, or since the last look.
         A close the gateway decided (idle, lifetime, rotation, drain) ends
         now, as the drain's bound on a stop needs. After the application's
-        own close, a client still taking what it was sent gets another
-        C{close_grace}; one that took nothing is aborted.
+        own close, a client that still has some of what it was sent to take
+        gets another C{close_grace} at the first look, and at each later one
+        if it took some since; one that has it all and has not closed, or
+        took nothing, is aborted.
         """
         self._timer = None
         unsent = unsent_bytes(self.transport)
         last = self._unsent
-        if (
-            not self.closing
-            and unsent is not None
-            and last is not None
-            and unsent < last
-        ):
+        if not self.closing and unsent and (last is None or unsent < last):
             self._unsent = unsent
             self._timer = self.tracker.clock.callLater(
                 self.tracker.limits.close_grace, self._grace_over
