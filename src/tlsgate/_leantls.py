@@ -39,8 +39,12 @@ over that one):
 Two differences, both deliberate: C{stopProducing()} (the backend went
 while this connection produced for it) closes with close_notify, where
 Twisted's layer passed it to the TCP transport, which closed without one;
-and a pull producer is driven as a push one (C{_PullToPush}), as Twisted's
-layer does.
+and a push producer still registered when the TLS connection ends is let
+go without a C{stopProducing()}, where Twisted's TCP transport tells it as
+the connection goes. The relay closes its backend itself as it hears of the
+end (with close_notify, for a TLS backend), which that call would overtake
+with a bare FIN. A pull producer is driven as a push one (C{_PullToPush}),
+as Twisted's layer does, and stopped when the TLS connection ends.
 
 Only the gateway's own listening ports make these (L{tlsgate._tcp.LeanPort},
 when its factory carries a L{LeanTLS}); embedders' ports keep Twisted's
@@ -290,8 +294,8 @@ class LeanTLSServer(TLSServerCore, LeanServer):
         close_notify. (Under Twisted's TLS layer this reached the TCP
         transport, which closed without one.) The wait for the client's
         answer is bounded as every close's is: the relay closes through the
-        tracker right after, which aborts after C{close_grace}, and the idle
-        and lifetime limits hold meanwhile.
+        tracker right after, which aborts once the client has taken nothing
+        for C{close_grace}, and C{max_lifetime} holds meanwhile.
         """
         self.loseConnection()
 
@@ -420,11 +424,12 @@ class LeanTLSServer(TLSServerCore, LeanServer):
         producer = self.producer
         if producer is not None:
             # Nothing the producer writes can be sent now: without it, the
-            # TCP close does not wait for it. It is told to stop, as a TCP
-            # transport tells its producer when the connection goes (a pull
-            # producer's wrapper would pull on otherwise).
+            # TCP close does not wait for it. A pull producer is stopped (its
+            # wrapper's task would pull on a connection that is gone); a push
+            # producer is let go (see the module's differences).
             abstract.FileDescriptor.unregisterProducer(self)
-            producer.stopProducing()
+            if isinstance(producer, _PullToPush):
+                producer.stopProducing()
         self._close_tcp()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -449,8 +454,11 @@ class LeanTLSServer(TLSServerCore, LeanServer):
             if tls is not None:
                 tls.set_app_data(None)  # no cycle left through OpenSSL's object
             self._tlsConnection = None
-            # Nor through the protocol, which keeps its transport.
+            # Nor through the protocol, which keeps its transport, or a
+            # producer paused for the handshake.
             self.wrappedProtocol = None
+            if self._held_producer is not None:
+                self._held_producer = None
 
 
 HALF_CLOSING.add(LeanTLSServer)  # see tlsgate._tcp

@@ -178,3 +178,56 @@ def test_a_drain_bounds_a_connection_the_application_closed(
     assert clock.seconds() <= 3 + 1 + GRACE + 1
     protocol.connectionLost(Exception())  # type: ignore[arg-type]
     assert tracker.closed == {CloseReason.BACKEND: 1}
+
+
+def test_idle_timeout_does_not_end_a_client_still_taking_the_answer(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """
+    Nothing is written for longer than idle_timeout, after the application's
+    close or before it, while the client takes the answer slowly: it is not
+    idle, and gets all of it.
+    """
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    taken = 0
+    while taken < 32768:  # before the close: 4 KiB every 4 s
+        run(clock, 4)
+        taken += read_some(pair[1])
+    assert not protocol.closing and not transport.disconnecting
+    protocol.loseConnection()  # the backend went
+    while taken < 65536:
+        run(clock, 4)
+        assert not transport.aborted
+        taken += read_some(pair[1])
+    run(clock, 2 * GRACE)
+    assert transport.aborted
+
+
+def test_idle_timeout_ends_a_client_that_takes_nothing_one_grace_late(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
+    protocol, _ = queued_connection(tracker, pair)
+    run(clock, 20 + 1 + GRACE - 0.5)  # the deadline, one wheel tick, a look
+    assert not protocol.closing
+    run(clock, 1.5)
+    assert protocol.closing and protocol.reason is CloseReason.IDLE_TIMEOUT
+
+
+def test_max_lifetime_bounds_a_client_still_taking_after_the_application_closed(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """However slowly the client takes the rest, max_lifetime still ends it."""
+    clock = Clock()
+    tracker = tracker_for(clock, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.loseConnection()
+    taken = 0
+    while not transport.aborted:
+        assert clock.seconds() <= 30 + 1 + GRACE + 1
+        run(clock, 4)
+        taken += read_some(pair[1])
+    assert taken < 65536  # it was still taking

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 from OpenSSL import SSL
-from twisted.internet import tcp
+from twisted.internet import _producer_helpers, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 
 from tests.helpers import Reactor
@@ -440,13 +441,60 @@ def test_writes_held_for_the_handshake_pause_and_resume_a_producer_in_pairs(
         assert c.read()[0] == b"early;" * before + b"held;" * after
 
 
-def test_the_producer_is_told_to_stop_when_the_tls_connection_ends(
+class Pull:
+    """A pull producer: writes once each time it is asked."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.pulls = self.stops = 0
+
+    def resumeProducing(self) -> None:
+        self.pulls += 1
+        self.consumer.write(b"pulled;")
+
+    def stopProducing(self) -> None:
+        self.stops += 1
+
+
+def test_a_pull_producer_is_stopped_when_the_tls_connection_ends(
+    contexts: ReloadingContextFactory, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    As a TCP transport stops its producer when the connection goes: the
+    wrapper that drives a pull producer would pull on otherwise.
+    """
+    turns: list[Any] = []
+    cooperator = Cooperator(
+        scheduler=turns.append, terminationPredicateFactory=lambda: lambda: True
+    )
+    monkeypatch.setattr(_producer_helpers, "cooperate", cooperator.cooperate)
+
+    class App(Protocol):
+        def connectionMade(self) -> None:
+            self.pull = Pull(self.transport)
+            self.transport.registerProducer(self.pull, False)  # type: ignore[union-attr]
+
+    with connection(contexts, ca, app=Factory.forProtocol(App)) as c:
+        pull = c.tracked.wrapped.pull
+        turns.pop(0)()
+        assert pull.pulls == 1
+        c.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+        c.lost()
+        assert pull.stops == 1
+        for _ in range(5):
+            if turns:
+                turns.pop(0)()
+        assert pull.pulls == 1
+
+
+def test_a_push_producer_is_let_go_when_the_tls_connection_ends(
     contexts: ReloadingContextFactory, ca: trustme.CA
 ) -> None:
-    """As a TCP transport tells its producer when the connection goes."""
+    """The relay ends its backend itself, with close_notify if it is TLS."""
     app = producing_app(before=0, after=0)
     with connection(contexts, ca, app=app) as c:
         producer = c.tracked.wrapped.producer
-        c.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+        c.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
         c.lost()
-        assert producer.stops == 1
+        assert c.server.producer is None
+        assert producer.stops == 0

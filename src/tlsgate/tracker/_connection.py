@@ -420,6 +420,18 @@ class TrackedProtocol(Protocol):
             self._handshake_expired()
         elif self._lifetime_at is not None and now >= self._lifetime_at:
             self.close_gracefully(CloseReason.LIFETIME)
+        elif self._aborting:
+            # The application closed it: its abort timer, which looks at the
+            # client's progress, bounds it now instead of idle_timeout.
+            if self._lifetime_at is not None:
+                self.tracker._arm(self, self._lifetime_at)
+        elif self._still_taking():
+            # Nothing written for idle_timeout, but the client is still
+            # taking what was: not idle. Looked at again after a grace.
+            limits = self.tracker.limits
+            self.tracker._arm(
+                self, now + max(limits.close_grace, self.tracker.resolution)
+            )
         else:
             self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
 
@@ -507,21 +519,31 @@ class TrackedProtocol(Protocol):
         C{close_grace} passed since the close began, or since the last look.
         A close the gateway decided (idle, lifetime, rotation, drain) ends
         now, as the drain's bound on a stop needs. After the application's
-        own close, a client that still has some of what it was sent to take
-        gets another C{close_grace} at the first look, and at each later one
-        if it took some since; one that has it all and has not closed, or
-        took nothing, is aborted.
+        own close, a client still taking what it was sent (L{_still_taking})
+        gets another C{close_grace}; one that took nothing is aborted.
         """
         self._timer = None
-        unsent = unsent_bytes(self.transport)
-        last = self._unsent
-        if not self.closing and unsent and (last is None or unsent < last):
-            self._unsent = unsent
+        if not self.closing and self._still_taking():
             self._timer = self.tracker.clock.callLater(
                 self.tracker.limits.close_grace, self._grace_over
             )
             return
         self.abortConnection()
+
+    def _still_taking(self) -> bool:
+        """
+        Whether the client took some of what it was sent since the last look
+        (at the first look: whether it has some left to take), on a slow link
+        where its answer waits in the gateway's buffer and the kernel's send
+        queue. A client that just took its last bytes counts as taking, so
+        that it has a whole look's time to answer a close_notify. Asked only
+        when a limit runs out (never per connection), it takes a look.
+        """
+        unsent = unsent_bytes(self.transport)
+        last, self._unsent = self._unsent, unsent
+        if unsent is None:
+            return False
+        return unsent < last if last is not None else unsent > 0
 
     def schedule_rotation_close(self, delay: float) -> None:
         if self._rotation is None and not self.closing:

@@ -11,14 +11,21 @@ throws away the kernel's queue), while one that reads nothing is.
 
 from __future__ import annotations
 
-import fcntl
 import struct
-import termios
 from typing import Any
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not a POSIX system: the transport's buffer alone
+    fcntl = None  # type: ignore[assignment]
+
 #: The ioctl for the bytes in a socket's send queue not yet taken by the
-#: peer (SIOCOUTQ on Linux, the same number as TIOCOUTQ).
-_OUTQ = termios.TIOCOUTQ
+#: peer (SIOCOUTQ on Linux, the same number as TIOCOUTQ). On a UNIX socket,
+#: Linux counts the memory the queued writes hold, headers included, and
+#: frees a write's share once it is read whole: less exact, and as good for
+#: telling whether the peer takes anything.
+_OUTQ: int = termios.TIOCOUTQ if fcntl is not None else 0
 _INT = struct.Struct("i")
 
 
@@ -31,7 +38,7 @@ def unsent_bytes(transport: Any) -> int | None:
         layer over one (Twisted's C{TLSMemoryBIOProtocol}: its records are
         in the TCP transport's buffer once written).
     @return: C{None} where it cannot tell: no socket under it (a test's
-        transport, a UNIX pipe), or one already closed.
+        transport, a pipe), or one already closed.
     """
     tcp = transport
     if not hasattr(tcp, "dataBuffer"):
@@ -45,6 +52,8 @@ def unsent_bytes(transport: Any) -> int | None:
         return None
     if fd < 0:
         return None
+    if fcntl is None:
+        return int(held)
     try:
         queued = _INT.unpack(fcntl.ioctl(fd, _OUTQ, bytes(_INT.size)))[0]
     except OSError:
