@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tests.unit.test_tracker import Transport, connect, run, tracker_for
-from tlsgate.tracker import CloseReason, ConnectionTracker
+from tlsgate.tracker import CloseReason, ConnectionTracker, Limits
 from tlsgate.tracker._unsent import unsent_bytes
 
 GRACE = 5
@@ -231,3 +231,101 @@ def test_max_lifetime_bounds_a_client_still_taking_after_the_application_closed(
         run(clock, 4)
         taken += read_some(pair[1])
     assert taken < 65536  # it was still taking
+
+
+def test_a_look_taken_before_new_traffic_is_not_the_next_ones_baseline(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """
+    The first idle look finds the client taking; then more is written (the
+    idle deadline moves), and the client takes it steadily: at the next
+    deadline its queue is longer than at that old look, yet it is taking.
+    """
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
+    protocol, _ = queued_connection(tracker, pair)
+    run(clock, 21.5)  # the deadline's first look: taking, looked at again later
+    protocol.write(b"")  # the application writes (through the wrapper)...
+    for _ in range(12):
+        pair[0].sendall(b"y" * 4096)  # ...48 KiB more
+    for _ in range(12):
+        run(clock, 4)
+        read_some(pair[1])
+        assert not protocol.closing
+
+
+def test_the_idle_look_does_not_delay_max_lifetime(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(
+        clock, idle_timeout=20, max_lifetime=24, lifetime_jitter=0, close_grace=10
+    )
+    protocol, _ = queued_connection(tracker, pair)
+    while not protocol.closing:
+        run(clock, 2)
+        read_some(pair[1])
+    assert protocol.reason is CloseReason.LIFETIME
+    assert clock.seconds() <= 24 + tracker.resolution + 2
+
+
+def test_max_lifetime_still_bounds_it_when_idle_timeout_is_set(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """After the application's close the wheel keeps it for its lifetime."""
+    clock = Clock()
+    tracker = tracker_for(
+        clock, idle_timeout=10, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE
+    )
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.loseConnection()
+    while not transport.aborted:
+        assert clock.seconds() <= 30 + 1 + GRACE + 1
+        run(clock, 4)
+        read_some(pair[1])
+
+
+def test_a_reload_does_not_shorten_a_look(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
+    protocol, _ = queued_connection(tracker, pair)
+    run(clock, 21.5)  # the first look: taking, looked at again later
+    tracker.set_limits(Limits(handshake_timeout=10, idle_timeout=20, close_grace=GRACE))
+    run(clock, 3)
+    read_some(pair[1])  # 3 s into a 5 s look
+    run(clock, 3)
+    assert not protocol.closing
+
+
+def test_close_grace_reloaded_to_zero_leaves_a_closing_client_unbounded(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, transport = queued_connection(tracker, pair)
+    protocol.loseConnection()
+    tracker.set_limits(Limits(handshake_timeout=10, idle_timeout=0, close_grace=0))
+    run(clock, 60)
+    assert not transport.aborted
+
+
+def test_a_client_that_took_its_last_bytes_at_a_look_gets_a_whole_look(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    clock = Clock()
+    tracker = tracker_for(clock, close_grace=GRACE)
+    protocol, _ = connect(tracker)
+    protocol.transport = transport = SocketTransport(pair[0])
+    pair[0].sendall(b"x" * 4096)
+    pair[0].sendall(b"x" * 4096)
+    protocol.loseConnection()
+    run(clock, 1)
+    read_some(pair[1])
+    run(clock, 5)
+    read_some(pair[1])  # the last bytes, at t=6
+    run(clock, 4.5)  # the look at 10 saw it take them
+    assert not transport.aborted
+    run(clock, 5)
+    assert transport.aborted

@@ -407,6 +407,15 @@ class TrackedProtocol(Protocol):
     def _arm(self) -> None:
         self.tracker._arm(self, self._next_check())
 
+    def _limits_changed(self) -> None:
+        """
+        A reload's new limits: deadlines re-filed from them, and the next
+        look at the client's progress begins a new interval (one taken under
+        the old limits may be a tick old when the new deadline comes).
+        """
+        self._unsent = None
+        self._arm()
+
     def _due(self, now: float) -> None:
         """Called by the tracker's wheel when this connection's bucket is due."""
         if self.closing or self.transport is None:
@@ -415,7 +424,10 @@ class TrackedProtocol(Protocol):
         if at is None:
             return
         if now < at:
-            self.tracker._arm(self, at)  # traffic moved the idle deadline
+            # Traffic moved the idle deadline; a look taken before it says
+            # nothing of the client's progress at the next.
+            self._unsent = None
+            self.tracker._arm(self, at)
         elif self._tls and not self.handshake_done:
             self._handshake_expired()
         elif self._lifetime_at is not None and now >= self._lifetime_at:
@@ -427,11 +439,12 @@ class TrackedProtocol(Protocol):
                 self.tracker._arm(self, self._lifetime_at)
         elif self._still_taking():
             # Nothing written for idle_timeout, but the client is still
-            # taking what was: not idle. Looked at again after a grace.
-            limits = self.tracker.limits
-            self.tracker._arm(
-                self, now + max(limits.close_grace, self.tracker.resolution)
-            )
+            # taking what was: not idle. Looked at again after a grace (and
+            # no later than its lifetime).
+            look = now + max(self.tracker.limits.close_grace, self.tracker.resolution)
+            if self._lifetime_at is not None and self._lifetime_at < look:
+                look = self._lifetime_at
+            self.tracker._arm(self, look)
         else:
             self.close_gracefully(CloseReason.IDLE_TIMEOUT, quiet=True)
 
@@ -523,10 +536,12 @@ class TrackedProtocol(Protocol):
         gets another C{close_grace}; one that took nothing is aborted.
         """
         self._timer = None
+        grace = self.tracker.limits.close_grace
+        if not grace:
+            # A reload made close_grace 0 (no bound) since: none now.
+            return
         if not self.closing and self._still_taking():
-            self._timer = self.tracker.clock.callLater(
-                self.tracker.limits.close_grace, self._grace_over
-            )
+            self._timer = self.tracker.clock.callLater(grace, self._grace_over)
             return
         self.abortConnection()
 

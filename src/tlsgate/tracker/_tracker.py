@@ -258,7 +258,7 @@ class ConnectionTracker:
         self._processed = math.floor(self.now / self.resolution)
         for conn in self.connections:
             if not conn.closing and conn.transport is not None:
-                conn._arm()
+                conn._limits_changed()
 
     # -- the coarse clock and the timing wheel -----------------------------
 

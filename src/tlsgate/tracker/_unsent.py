@@ -25,7 +25,7 @@ except ImportError:  # not a POSIX system: the transport's buffer alone
 #: Linux counts the memory the queued writes hold, headers included, and
 #: frees a write's share once it is read whole: less exact, and as good for
 #: telling whether the peer takes anything.
-_OUTQ: int = termios.TIOCOUTQ if fcntl is not None else 0
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if fcntl is not None else None
 _INT = struct.Struct("i")
 
 
@@ -52,7 +52,7 @@ def unsent_bytes(transport: Any) -> int | None:
         return None
     if fd < 0:
         return None
-    if fcntl is None:
+    if _OUTQ is None:
         return int(held)
     try:
         queued = _INT.unpack(fcntl.ioctl(fd, _OUTQ, bytes(_INT.size)))[0]
