@@ -27,6 +27,7 @@ from tests.helpers import Reactor
 from tlsgate import _batch, _tcp
 from tlsgate._dispatch import lean_dispatch
 from tlsgate._tcp import (
+    MAX_READ,
     LeanClient,
     LeanDialledClient,
     LeanPort,
@@ -1306,3 +1307,33 @@ def test_a_poll_inside_a_handler_does_not_let_the_outer_batchs_events_through(
     finally:
         for dialled in dials.values():
             dialled.cancel()
+
+
+def test_a_read_that_comes_back_full_makes_the_next_ones_larger() -> None:
+    """
+    Bulk transfers cross the layers in larger reads (up to MAX_READ);
+    a connection whose reads are small keeps Twisted's 64 KiB.
+    """
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        protocol = Recorder()
+        transport = LeanServer(ours, protocol, ("a", 1), None, 1, Reactor())
+        protocol.makeConnection(transport)
+        theirs.sendall(b"s" * 100)
+        transport.doRead()
+        assert transport._read_size == 2**16  # a small read: unchanged
+        sent = b"".join(bytes([i]) * 1000 for i in range(70))
+        theirs.sendall(sent)
+        transport.doRead()  # 64 KiB, full
+        assert transport._read_size == 2**18
+        transport.doRead()  # the rest
+        assert transport._read_size == 2**18
+        transport._read_size = MAX_READ // 2 + 1
+        theirs.sendall(b"t" * (MAX_READ // 2 + 1))
+        transport.doRead()
+        assert transport._read_size == MAX_READ  # never past the bound
+        assert protocol.data == b"s" * 100 + sent + b"t" * (MAX_READ // 2 + 1)
+    finally:
+        ours.close()
+        theirs.close()
