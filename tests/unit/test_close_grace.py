@@ -47,23 +47,56 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 def queued_connection(
-    tracker: ConnectionTracker, pair: tuple[socket.socket, socket.socket]
+    tracker: ConnectionTracker,
+    pair: tuple[socket.socket, socket.socket],
+    chunks: int = 16,
 ) -> tuple[Any, SocketTransport]:
     """
-    A connection whose socket holds 64 KiB the client has not read, sent in
-    4 KiB writes (a UNIX socket's queue shrinks by whole writes, as they are
-    read).
+    A connection whose socket holds C{chunks} 4 KiB writes the client has not
+    read, 64 KiB by default (a UNIX socket's queue shrinks by whole writes, as
+    they are read).
     """
     protocol, _ = connect(tracker)
     transport = SocketTransport(pair[0])
     protocol.transport = transport
-    for _ in range(16):
+    for _ in range(chunks):
         pair[0].sendall(b"x" * 4096)
     return protocol, transport
 
 
+def queued(
+    pair: tuple[socket.socket, socket.socket], chunks: int = 16, **limits: Any
+) -> tuple[Clock, ConnectionTracker, Any, SocketTransport]:
+    """A clock, a tracker with C{limits} and a L{queued_connection} of it."""
+    clock = Clock()
+    tracker = tracker_for(clock, **limits)
+    return (clock, tracker, *queued_connection(tracker, pair, chunks))
+
+
 def read_some(theirs: socket.socket) -> int:
     return len(theirs.recv(4096))
+
+
+def aborted_after(clock: Clock, transport: Any, seconds: float) -> None:
+    """The connection is aborted C{seconds} from now, not half a second before."""
+    run(clock, seconds - 0.5)
+    assert not transport.aborted
+    run(clock, 0.5)
+    assert transport.aborted
+
+
+def take_slowly(
+    clock: Clock, theirs: socket.socket, until: int, transport: Any, taken: int = 0
+) -> int:
+    """
+    The client takes 4 KiB every 4 s, far slower than close_grace allows,
+    until it has C{until} bytes; the connection is not aborted meanwhile.
+    """
+    while taken < until:
+        run(clock, 4)
+        assert not transport.aborted
+        taken += read_some(theirs)
+    return taken
 
 
 def test_unsent_bytes_counts_the_kernels_queue_and_the_buffer(
@@ -93,15 +126,9 @@ def test_unsent_bytes_counts_the_kernels_queue_and_the_buffer(
 def test_a_client_reading_slowly_after_the_application_closed_is_not_cut_off(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, _tracker, protocol, transport = queued(pair, close_grace=GRACE)
     protocol.loseConnection()  # the backend went: the relay closes
-    taken = 0
-    while taken < 65536:  # 4 KiB every 4 s: far slower than close_grace allows
-        run(clock, 4)
-        assert not transport.aborted
-        taken += read_some(pair[1])
+    take_slowly(clock, pair[1], 65536, transport)
     # All taken; a client that then never answers close_notify is aborted
     # within two graces of its last read.
     run(clock, 2 * GRACE)
@@ -116,37 +143,24 @@ def test_a_client_taking_nothing_after_the_application_closed_is_aborted(
     look finds some of the answer unsent and gives the client another
     close_grace, in which it takes nothing.
     """
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, _tracker, protocol, transport = queued(pair, close_grace=GRACE)
     protocol.loseConnection()
-    run(clock, 2 * GRACE - 0.5)
-    assert not transport.aborted
-    run(clock, 0.5)
-    assert transport.aborted
+    aborted_after(clock, transport, 2 * GRACE)
 
 
 def test_a_client_with_everything_that_never_answers_is_aborted_after_close_grace(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = connect(tracker)
-    protocol.transport = transport = SocketTransport(pair[0])
+    clock, _, protocol, transport = queued(pair, chunks=0, close_grace=GRACE)
     protocol.loseConnection()  # all it was sent, it has taken
-    run(clock, GRACE - 0.5)
-    assert not transport.aborted
-    run(clock, 0.5)
-    assert transport.aborted
+    aborted_after(clock, transport, GRACE)
 
 
 def test_a_close_the_gateway_decided_is_aborted_after_close_grace_however_it_reads(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """The drain's bound on a stop holds with a client still reading."""
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, _tracker, protocol, transport = queued(pair, close_grace=GRACE)
     protocol.close_gracefully(CloseReason.DRAIN, quiet=True)
     for _ in range(GRACE):
         assert not transport.aborted
@@ -162,9 +176,7 @@ def test_a_drain_bounds_a_connection_the_application_closed(
     The application closed first and its client still reads; a drain then
     ends it within close_grace, and the close stays the application's.
     """
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, tracker, protocol, transport = queued(pair, close_grace=GRACE)
     protocol.wrapped.close_reason = CloseReason.BACKEND
     protocol.loseConnection()
     run(clock, 3)
@@ -188,19 +200,13 @@ def test_idle_timeout_does_not_end_a_client_still_taking_the_answer(
     close or before it, while the client takes the answer slowly: it is not
     idle, and gets all of it.
     """
-    clock = Clock()
-    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
-    taken = 0
-    while taken < 32768:  # before the close: 4 KiB every 4 s
-        run(clock, 4)
-        taken += read_some(pair[1])
+    clock, _tracker, protocol, transport = queued(
+        pair, idle_timeout=20, close_grace=GRACE
+    )
+    taken = take_slowly(clock, pair[1], 32768, transport)  # before the close
     assert not protocol.closing and not transport.disconnecting
     protocol.loseConnection()  # the backend went
-    while taken < 65536:
-        run(clock, 4)
-        assert not transport.aborted
-        taken += read_some(pair[1])
+    take_slowly(clock, pair[1], 65536, transport, taken)
     run(clock, 2 * GRACE)
     assert transport.aborted
 
@@ -208,9 +214,7 @@ def test_idle_timeout_does_not_end_a_client_still_taking_the_answer(
 def test_idle_timeout_ends_a_client_that_takes_nothing_one_grace_late(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
-    protocol, _ = queued_connection(tracker, pair)
+    clock, _tracker, protocol, _ = queued(pair, idle_timeout=20, close_grace=GRACE)
     run(clock, 20 + 1 + GRACE - 0.5)  # the deadline, one wheel tick, a look
     assert not protocol.closing
     run(clock, 1.5)
@@ -221,9 +225,9 @@ def test_max_lifetime_bounds_a_client_still_taking_after_the_application_closed(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """However slowly the client takes the rest, max_lifetime still ends it."""
-    clock = Clock()
-    tracker = tracker_for(clock, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, _tracker, protocol, transport = queued(
+        pair, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE
+    )
     protocol.loseConnection()
     taken = 0
     while not transport.aborted:
@@ -241,9 +245,7 @@ def test_a_look_taken_before_new_traffic_is_not_the_next_ones_baseline(
     idle deadline moves), and the client takes it steadily: at the next
     deadline its queue is longer than at that old look, yet it is taking.
     """
-    clock = Clock()
-    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
-    protocol, _ = queued_connection(tracker, pair)
+    clock, _tracker, protocol, _ = queued(pair, idle_timeout=20, close_grace=GRACE)
     run(clock, 21.5)  # the deadline's first look: taking, looked at again later
     protocol.write(b"")  # the application writes (through the wrapper)...
     for _ in range(12):
@@ -257,11 +259,9 @@ def test_a_look_taken_before_new_traffic_is_not_the_next_ones_baseline(
 def test_the_idle_look_does_not_delay_max_lifetime(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(
-        clock, idle_timeout=20, max_lifetime=24, lifetime_jitter=0, close_grace=10
+    clock, tracker, protocol, _ = queued(
+        pair, idle_timeout=20, max_lifetime=24, lifetime_jitter=0, close_grace=10
     )
-    protocol, _ = queued_connection(tracker, pair)
     while not protocol.closing:
         run(clock, 2)
         read_some(pair[1])
@@ -273,11 +273,9 @@ def test_max_lifetime_still_bounds_it_when_idle_timeout_is_set(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """After the application's close the wheel keeps it for its lifetime."""
-    clock = Clock()
-    tracker = tracker_for(
-        clock, idle_timeout=10, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE
+    clock, _tracker, protocol, transport = queued(
+        pair, idle_timeout=10, max_lifetime=30, lifetime_jitter=0, close_grace=GRACE
     )
-    protocol, transport = queued_connection(tracker, pair)
     protocol.loseConnection()
     while not transport.aborted:
         assert clock.seconds() <= 30 + 1 + GRACE + 1
@@ -288,9 +286,7 @@ def test_max_lifetime_still_bounds_it_when_idle_timeout_is_set(
 def test_a_reload_does_not_shorten_a_look(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, idle_timeout=20, close_grace=GRACE)
-    protocol, _ = queued_connection(tracker, pair)
+    clock, tracker, protocol, _ = queued(pair, idle_timeout=20, close_grace=GRACE)
     run(clock, 21.5)  # the first look: taking, looked at again later
     tracker.set_limits(Limits(handshake_timeout=10, idle_timeout=20, close_grace=GRACE))
     run(clock, 3)
@@ -302,9 +298,7 @@ def test_a_reload_does_not_shorten_a_look(
 def test_close_grace_reloaded_to_zero_leaves_a_closing_client_unbounded(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, transport = queued_connection(tracker, pair)
+    clock, tracker, protocol, transport = queued(pair, close_grace=GRACE)
     protocol.loseConnection()
     tracker.set_limits(Limits(handshake_timeout=10, idle_timeout=0, close_grace=0))
     run(clock, 60)
@@ -314,12 +308,7 @@ def test_close_grace_reloaded_to_zero_leaves_a_closing_client_unbounded(
 def test_a_client_that_took_its_last_bytes_at_a_look_gets_a_whole_look(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    clock = Clock()
-    tracker = tracker_for(clock, close_grace=GRACE)
-    protocol, _ = connect(tracker)
-    protocol.transport = transport = SocketTransport(pair[0])
-    pair[0].sendall(b"x" * 4096)
-    pair[0].sendall(b"x" * 4096)
+    clock, _, protocol, transport = queued(pair, chunks=2, close_grace=GRACE)
     protocol.loseConnection()
     run(clock, 1)
     read_some(pair[1])
