@@ -45,13 +45,14 @@ Twisted's stock transports.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
 from collections.abc import Callable
 from functools import lru_cache
 from operator import methodcaller
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -80,6 +81,15 @@ LOG_PREFIX = "tlsgate"
 #: transport's 64 KiB write mark, what one connection holds in a bulk
 #: transfer stays bounded, at a few hundred KiB.
 MAX_READ = 2**18
+
+#: The socket type of the gateway's own connections: C{_socket.socket}, the
+#: C type that C{socket.socket} subclasses in Python. The subclass's
+#: C{__init__} and C{close} are Python frames (four calls and about 100
+#: bytecodes per relayed connection, its two sockets), for what the lean
+#: transports never use: C{makefile}'s reference count and enum-typed
+#: C{family} and C{type} (here plain integers, equal to the enums). Typed
+#: as the subclass, whose every method the transports call is the base's.
+_CSocket = cast("type[socket.socket]", _socket.socket)
 
 
 #: What closes at the start of the next turn: one C{callLater(0)} per
@@ -397,7 +407,7 @@ class LeanPort(tcp.Port):
             made = (int(listening.family), int(listening.type), listening.proto)
             self._accept_args = made
         fd, addr = listening._accept()
-        return socket.socket(made[0], made[1], made[2], fd), addr
+        return _CSocket(made[0], made[1], made[2], fd), addr
 
     def doRead(self) -> None:
         accept = self._accept
@@ -555,7 +565,7 @@ class LeanClient(_Lean, tcp.Connection):
         """
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _CSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:  # out of descriptors or buffers, as stock reports it
             done(None, Failure(error.ConnectBindError(e.errno, e.strerror)))
             return cls._unusable(address, factory, reactor, family)

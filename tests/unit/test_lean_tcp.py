@@ -573,7 +573,7 @@ def test_no_socket_to_be_had_is_a_failed_dial_not_an_exception(
     def out_of_descriptors(*args: Any, **kwargs: Any) -> socket.socket:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(socket, "socket", out_of_descriptors)
+    monkeypatch.setattr(_tcp, "_CSocket", out_of_descriptors)
     results: list[Any] = []
     client = LeanClient.dial(
         Reactor(), listener.getsockname(), OneProtocol(),
@@ -868,7 +868,7 @@ def poll_until(reactor: EPollReactor, results: list[Any]) -> None:
 def test_on_epoll_a_dial_connects_with_one_change_to_the_set(
     epoll: EPollReactor, listener: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(socket, "socket", CountingSocket)
+    monkeypatch.setattr(_tcp, "_CSocket", CountingSocket)
     CountingSocket.connects = 0
     factory = OneProtocol()
     results: list[Any] = []
