@@ -8,6 +8,7 @@ would once the socket is writable.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import gc
 import os
@@ -327,6 +328,30 @@ def test_the_lean_accept_loop_takes_every_waiting_connection(
         c.close()
     for t in transports:
         t.socket.close()  # type: ignore[attr-defined]
+
+
+def test_the_gateways_sockets_are_the_c_type_with_numbers_for_family(
+    lean_port: tuple[tcp.Port, Built], listener: socket.socket
+) -> None:
+    """
+    Accepted and dialled sockets are _socket.socket, not the Python subclass
+    (whose __init__ and close are Python frames): the family is a plain
+    number, equal to the enum, and close() works as on any socket.
+    """
+    port, factory = lean_port
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port.doRead()
+    [accepted] = [p.transport for p in factory.built]
+    dialled = LeanClient.dial(
+        Reactor(), listener.getsockname(), OneProtocol(), lambda t, f: None
+    )
+    for transport in (accepted, dialled):
+        sock: Any = transport.socket  # type: ignore[attr-defined]
+        assert type(sock) is _socket.socket
+        assert sock.family == socket.AF_INET and type(sock.family) is int
+        sock.close()
+        assert sock.fileno() == -1
+    client.close()
 
 
 def test_a_connection_no_protocol_is_built_for_is_closed(
