@@ -82,13 +82,16 @@ LOG_PREFIX = "tlsgate"
 #: transfer stays bounded, at a few hundred KiB.
 MAX_READ = 2**18
 
-#: The socket type of the gateway's own connections: C{_socket.socket}, the
-#: C type that C{socket.socket} subclasses in Python. The subclass's
-#: C{__init__} and C{close} are Python frames (four calls and about 100
-#: bytecodes per relayed connection, its two sockets), for what the lean
-#: transports never use: C{makefile}'s reference count and enum-typed
-#: C{family} and C{type} (here plain integers, equal to the enums). Typed
-#: as the subclass, whose every method the transports call is the base's.
+#: The socket type of the gateway's own connections (those L{LeanPort}
+#: accepts, and the backends its relay dials): C{_socket.socket}, the C type
+#: that C{socket.socket} subclasses in Python. The subclass's C{__init__} and
+#: C{close} are Python frames (four calls and about 100 bytecodes per relayed
+#: connection, its two sockets), for what the lean transports never use:
+#: C{makefile}, C{dup}, C{with}, weak references, enum-typed C{family} and
+#: C{type} (here plain integers, equal to the enums). Typed as the subclass,
+#: whose every method the transports call is the base's; a socket a
+#: protocol of someone else's may reach by C{getHandle()} stays a
+#: C{socket.socket} (L{LeanClient.dial}'s C{c_socket}).
 _CSocket = cast("type[socket.socket]", _socket.socket)
 
 
@@ -554,6 +557,7 @@ class LeanClient(_Lean, tcp.Connection):
         done: DialDone,
         timeout: float = 0,
         clock: IReactorTime | None = None,
+        c_socket: bool = False,
     ) -> LeanClient:
         """
         Connect a protocol of C{factory} to C{address} (an IP address and a
@@ -562,10 +566,16 @@ class LeanClient(_Lean, tcp.Connection):
         failure (no socket to be had, refused, unreachable, C{timeout} seconds
         passed on C{clock}, the factory built no protocol). It may be called
         before this returns.
+
+        @param c_socket: make the socket L{_CSocket} rather than
+            C{socket.socket}: for the gateway's own relay, whose protocol
+            never sees it. A protocol that may call C{getHandle()} (an
+            embedder's) gets the usual C{socket.socket}.
         """
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        make = _CSocket if c_socket else socket.socket
         try:
-            sock = _CSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = make(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:  # out of descriptors or buffers, as stock reports it
             done(None, Failure(error.ConnectBindError(e.errno, e.strerror)))
             return cls._unusable(address, factory, reactor, family)

@@ -130,7 +130,9 @@ def endpoint_host(description: str) -> str | None:
 
 def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
     """
-    A listener's backends, over TLS when C{backend_tls} is on.
+    A listener's backends, over TLS when C{backend_tls} is on. Those given as
+    C{tcp:IP:PORT} are dialled with CPython's C socket type (L{BackendPool}'s
+    C{c_sockets}): the relay's backend protocol never asks for the socket.
 
     @raise tlsgate.errors.CertificateError: when the backend CA or client
         certificate files cannot be used.
@@ -151,7 +153,7 @@ def build_pool(config: ListenerConfig, reactor: IReactorCore) -> BackendPool:
     clock: IReactorTime = reactor  # type: ignore[assignment]
     return BackendPool(
         backends, clock=clock, connect_timeout=config.backend_connect_timeout,
-        name=config.name, reactor=reactor,
+        name=config.name, reactor=reactor, c_sockets=True,
     )  # fmt: skip
 
 

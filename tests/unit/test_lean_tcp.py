@@ -334,17 +334,19 @@ def test_the_gateways_sockets_are_the_c_type_with_numbers_for_family(
     lean_port: tuple[tcp.Port, Built], listener: socket.socket
 ) -> None:
     """
-    Accepted and dialled sockets are _socket.socket, not the Python subclass
-    (whose __init__ and close are Python frames): the family is a plain
-    number, equal to the enum, and close() works as on any socket.
+    Accepted sockets, and backends dialled for the gateway's relay, are
+    _socket.socket, not the Python subclass (whose __init__ and close are
+    Python frames): the family is a plain number, equal to the enum, and
+    close() works as on any socket.
     """
     port, factory = lean_port
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
     port.doRead()
     [accepted] = [p.transport for p in factory.built]
     dialled = LeanClient.dial(
-        Reactor(), listener.getsockname(), OneProtocol(), lambda t, f: None
-    )
+        Reactor(), listener.getsockname(), OneProtocol(), lambda t, f: None,
+        c_socket=True,
+    )  # fmt: skip
     for transport in (accepted, dialled):
         sock: Any = transport.socket  # type: ignore[attr-defined]
         assert type(sock) is _socket.socket
@@ -352,6 +354,40 @@ def test_the_gateways_sockets_are_the_c_type_with_numbers_for_family(
         sock.close()
         assert sock.fileno() == -1
     client.close()
+
+
+def dialled_handle(listener: socket.socket, **options: Any) -> Any:
+    """The socket a protocol dialled through a pool gets from getHandle()."""
+    reactor = Reactor()
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", 1)  # type: ignore[arg-type]
+    pool = BackendPool(
+        [Backend("live", ep, listener.getsockname())],
+        clock=reactor, reactor=reactor, **options,
+    )  # fmt: skip
+    results: list[Any] = []
+    pool.dial(Factory.forProtocol(Recorder), lambda p, f: results.append(p))
+    reactor.advance(0)  # a dial is watched from the next turn
+    for transport in list(reactor.writers):
+        writable(transport)
+        transport.doWrite()
+    [protocol] = results
+    handle = protocol.transport.getHandle()
+    protocol.transport.loseConnection()
+    return handle
+
+
+def test_an_embedders_pool_gives_its_protocols_a_python_socket(
+    listener: socket.socket,
+) -> None:
+    """
+    A pool built as an embedder builds it hands a protocol the socket
+    Twisted's transports do (makefile, enums, with...); the gateway's own
+    pools (c_sockets=True, build_pool) the C type.
+    """
+    handle = dialled_handle(listener)
+    assert isinstance(handle, socket.socket)
+    assert handle.family is socket.AddressFamily.AF_INET
+    assert type(dialled_handle(listener, c_sockets=True)) is _socket.socket
 
 
 def test_a_connection_no_protocol_is_built_for_is_closed(
@@ -598,7 +634,7 @@ def test_no_socket_to_be_had_is_a_failed_dial_not_an_exception(
     def out_of_descriptors(*args: Any, **kwargs: Any) -> socket.socket:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(_tcp, "_CSocket", out_of_descriptors)
+    monkeypatch.setattr(socket, "socket", out_of_descriptors)
     results: list[Any] = []
     client = LeanClient.dial(
         Reactor(), listener.getsockname(), OneProtocol(),
@@ -893,7 +929,7 @@ def poll_until(reactor: EPollReactor, results: list[Any]) -> None:
 def test_on_epoll_a_dial_connects_with_one_change_to_the_set(
     epoll: EPollReactor, listener: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_tcp, "_CSocket", CountingSocket)
+    monkeypatch.setattr(socket, "socket", CountingSocket)
     CountingSocket.connects = 0
     factory = OneProtocol()
     results: list[Any] = []

@@ -114,6 +114,11 @@ class BackendPool:
     @param reactor: the reactor to dial backends that have an C{address}
         with (L{LeanClient}); without one, every backend goes through its
         endpoint.
+    @param c_sockets: dial those with CPython's C socket type (see
+        L{LeanClient.dial}): for the gateway's own relay, whose backend
+        protocol never asks its transport for the socket. Off, a protocol's
+        C{transport.getHandle()} is a C{socket.socket}, as on Twisted's
+        transports.
     """
 
     _log = Logger()
@@ -125,6 +130,7 @@ class BackendPool:
         connect_timeout: float = 5.0,
         name: str = "default",
         reactor: Any = None,
+        c_sockets: bool = False,
     ) -> None:
         if not backends:
             raise ValueError("a backend pool needs at least one backend")
@@ -132,6 +138,7 @@ class BackendPool:
         self.name = name
         self._clock = clock
         self._reactor = reactor
+        self._c_sockets = c_sockets
         self._timeout = connect_timeout
         self._next = 0
         #: Failed connection attempts per backend description.
@@ -286,6 +293,7 @@ class _Walk:
                     index, None if transport is None else transport.protocol, reason
                 ),
                 _shortest(pool._timeout, backend.timeout), pool._clock,
+                pool._c_sockets,
             )  # fmt: skip
             if self._index == index and self._done is not None:
                 self._current = client.cancel
