@@ -56,6 +56,24 @@ class Backend(socketserver.BaseRequestHandler):
         self.request.sendall(ANSWER)
 
 
+KEPT_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+class KeepAliveBackend(socketserver.BaseRequestHandler):
+    """Answers every request of a connection, and closes when the client does."""
+
+    def handle(self) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\r\n\r\n", 1)[1]
+            self.request.sendall(KEPT_ANSWER)
+
+
 class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -111,14 +129,18 @@ def one_connection(port: int, ctx: ssl.SSLContext) -> None:
 FLOORS = {"floor": [], "floor-socket-bio": ["--socket-bio"], "twfloor": ["--twisted"]}
 
 
-def setting(workdir: Path, kind: str = "ecdsa") -> tuple[Server, int, Path, Path, Path]:
+def setting(
+    workdir: Path,
+    kind: str = "ecdsa",
+    handler: type[socketserver.BaseRequestHandler] = Backend,
+) -> tuple[Server, int, Path, Path, Path]:
     """
     A loopback backend (serving, in a thread), a free port, a certificate and
     key, and a gateway config in C{workdir} that relays that port to that
     backend with C{session_resumption = off}.
     """
     cert, key = make_certificate(workdir, kind)
-    backend = Server(("127.0.0.1", 0), Backend)
+    backend = Server(("127.0.0.1", 0), handler)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     port = free_port()
     ini = workdir / "gateway.ini"
@@ -172,6 +194,80 @@ def in_process(
             with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
                 list(pool.map(lambda _: one_connection(port, ctx), range(connections)))
             in_reactor(stop)
+        finally:
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(  # type: ignore[attr-defined]
+        threading.Thread(target=clients, daemon=True).start
+    )
+    reactor.run()  # type: ignore[attr-defined]
+    backend.shutdown()
+
+
+def kept_alive(port: int) -> ssl.SSLSocket:
+    """A TLS connection to the gateway, for requests one after another."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def requests_on(tls: ssl.SSLSocket, n: int) -> None:
+    """C{n} requests on one connection, each answer read whole before the next."""
+    for _ in range(n):
+        tls.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while not data.endswith(b"ok\n"):
+            chunk = tls.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"closed after {data!r}")
+            data += chunk
+
+
+def in_process_requests(
+    requests: int,
+    concurrency: int,
+    start: Callable[[], object],
+    stop: Callable[[], object],
+) -> None:
+    """
+    L{in_process} for keep-alive requests: C{concurrency} TLS connections
+    are opened and warmed up with 20 requests each, then C{start()} is
+    called in the reactor's thread, C{requests} requests are made, shared
+    out over the connections (each waits for its answer before the next),
+    and C{stop()} is called. The backend answers every request and keeps
+    the connection. For bench/opcodes.py C{--requests}.
+    """
+    import concurrent.futures
+
+    from twisted.internet import reactor
+
+    from tlsgate import tap
+
+    work = Path(tempfile.mkdtemp(prefix="tlsgate-in-process."))
+    backend, port, _, _, ini = setting(work, handler=KeepAliveBackend)
+    tap.makeService({"config": str(ini)}).startService()
+
+    def in_reactor(call: Callable[[], object]) -> None:
+        done = threading.Event()
+        reactor.callFromThread(lambda: (call(), done.set()))  # type: ignore[attr-defined]
+        done.wait()
+
+    def clients() -> None:
+        try:
+            connections = [kept_alive(port) for _ in range(concurrency)]
+            for tls in connections:
+                requests_on(tls, 20)
+            in_reactor(start)
+            share = [requests // concurrency] * concurrency
+            share[0] += requests - sum(share)
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(requests_on, connections, share))
+            in_reactor(stop)
+            for tls in connections:
+                tls.close()
         finally:
             reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
 

@@ -5,6 +5,7 @@ the interpreter's share of a connection goes, layer by layer.
     python bench/opcodes.py                          # 300 connections, 16 at a time
     python bench/opcodes.py --connections 500 --concurrency 1 --top 60
     python bench/opcodes.py --callers Connection._raise_ssl_error
+    python bench/opcodes.py --requests 2000 --concurrency 4   # per keep-alive request
 
 The gateway (this tree's C{src}, C{session_resumption = off}) runs in this
 process on Twisted's reactor; client threads open C{--connections} TLS 1.3
@@ -13,6 +14,10 @@ loopback backend that answers and closes), C{--concurrency} at a time. After
 30 warm-up connections, C{sys.settrace} counts every bytecode the reactor's
 thread runs (C{f_trace_opcodes}) and every Python call, by code object; the
 client and backend threads are not traced. The figures are per connection.
+With C{--requests N}, they are per keep-alive request instead:
+C{--concurrency} connections are opened and warmed up first, then N
+requests are made over them (each connection waits for an answer before
+its next request), to a backend that answers each and keeps the connection.
 
 Counts, not times: they do not move with the machine's load, and they say
 which layer a rewrite could take work from. C code (OpenSSL, the kernel) is
@@ -51,6 +56,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--top", type=int, default=30, help="functions to list")
+    p.add_argument("--requests", type=int, default=0, metavar="N",
+                   help="count N keep-alive requests instead of connections")  # fmt: skip
     p.add_argument("--callers", metavar="QUALNAME", default=None,
                    help="also count who calls the function of this qualified"
                    " name (its caller and the caller's caller)")  # fmt: skip
@@ -74,31 +81,36 @@ def main() -> int:
             opcodes[where] += 1
         return trace
 
-    instructions.in_process(
-        a.connections,
-        a.concurrency,
-        lambda: sys.settrace(trace),
-        lambda: sys.settrace(None),
-    )
-
-    n = a.connections
+    if a.requests:
+        instructions.in_process_requests(
+            a.requests, a.concurrency,
+            lambda: sys.settrace(trace), lambda: sys.settrace(None),
+        )  # fmt: skip
+        n, unit = a.requests, "request"
+        what = f"{n} keep-alive requests over {a.concurrency} connections"
+    else:
+        instructions.in_process(
+            a.connections, a.concurrency,
+            lambda: sys.settrace(trace), lambda: sys.settrace(None),
+        )  # fmt: skip
+        n, unit = a.connections, "connection"
+        what = f"{n} connections, {a.concurrency} at a time"
     print(
         f"{sum(opcodes.values()) / n:,.0f} bytecodes and"
-        f" {sum(calls.values()) / n:,.0f} Python calls per connection"
-        f" ({n} connections, {a.concurrency} at a time)"
+        f" {sum(calls.values()) / n:,.0f} Python calls per {unit} ({what})"
     )
     by_module: collections.Counter[str] = collections.Counter()
     for (filename, _), count in opcodes.items():
         by_module[short(filename)] += count
-    print("\nbytecodes per connection, by module:")
+    print(f"\nbytecodes per {unit}, by module:")
     for module, count in by_module.most_common(25):
         print(f"  {count / n:8.1f}  {module}")
-    print(f"\nthe {a.top} functions with the most (bytecodes, calls per connection):")
+    print(f"\nthe {a.top} functions with the most (bytecodes, calls per {unit}):")
     for (filename, name), count in opcodes.most_common(a.top):
         per_call = calls[(filename, name)] / n
         print(f"  {count / n:8.1f} {per_call:6.2f}  {short(filename)} {name}")
     if a.callers:
-        print(f"\ncalls of {a.callers} per connection, by caller (and its caller):")
+        print(f"\ncalls of {a.callers} per {unit}, by caller (and its caller):")
         for (caller, above), count in callers.most_common():
             print(f"  {count / n:6.2f}  {caller}  <-  {above}")
     return 0
