@@ -153,29 +153,24 @@ def setting(
     return backend, port, cert, key, ini
 
 
-def in_process(
-    connections: int,
-    concurrency: int,
-    start: Callable[[], object],
-    stop: Callable[[], object],
+def _gateway_in_process(
+    handler: type[socketserver.BaseRequestHandler],
+    load: Callable[[int, Callable[[Callable[[], object]], None]], None],
 ) -> None:
     """
-    Load this tree's gateway, run in this process on the installed reactor
+    This tree's gateway, run in this process on the installed reactor
     (C{tlsgate.tap.makeService}, as twistd builds it; C{session_resumption =
-    off}) in front of a loopback backend: after 30 warm-up connections,
-    C{start()} is called in the reactor's thread, C{connections} connections
-    (a full handshake and one C{GET} each) come from C{concurrency} client
-    threads, then C{stop()} is called in the reactor's thread. Returns once
-    the reactor stopped. For bench/opcodes.py and bench/gc_cost.py.
+    off}) in front of a loopback backend answering with C{handler}.
+    C{load(port, in_reactor)} runs in a client thread (C{in_reactor(call)}
+    runs C{call} in the reactor's thread and waits for it); the reactor stops
+    when it returns, and so does this.
     """
-    import concurrent.futures
-
     from twisted.internet import reactor
 
     from tlsgate import tap
 
     work = Path(tempfile.mkdtemp(prefix="tlsgate-in-process."))
-    backend, port, _, _, ini = setting(work)
+    backend, port, _, _, ini = setting(work, handler=handler)
     tap.makeService({"config": str(ini)}).startService()
 
     def in_reactor(call: Callable[[], object]) -> None:
@@ -184,16 +179,8 @@ def in_process(
         done.wait()
 
     def clients() -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         try:
-            for _ in range(30):
-                one_connection(port, ctx)
-            in_reactor(start)
-            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(lambda _: one_connection(port, ctx), range(connections)))
-            in_reactor(stop)
+            load(port, in_reactor)
         finally:
             reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
 
@@ -202,6 +189,36 @@ def in_process(
     )
     reactor.run()  # type: ignore[attr-defined]
     backend.shutdown()
+
+
+def in_process(
+    connections: int,
+    concurrency: int,
+    start: Callable[[], object],
+    stop: Callable[[], object],
+) -> None:
+    """
+    Load this tree's gateway, in this process (L{_gateway_in_process}):
+    after 30 warm-up connections, C{start()} is called in the reactor's
+    thread, C{connections} connections (a full handshake and one C{GET}
+    each) come from C{concurrency} client threads, then C{stop()} is called
+    in the reactor's thread. Returns once the reactor stopped. For
+    bench/opcodes.py and bench/gc_cost.py.
+    """
+    import concurrent.futures
+
+    def load(port: int, in_reactor: Callable[[Callable[[], object]], None]) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        for _ in range(30):
+            one_connection(port, ctx)
+        in_reactor(start)
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda _: one_connection(port, ctx), range(connections)))
+        in_reactor(stop)
+
+    _gateway_in_process(Backend, load)
 
 
 def kept_alive(port: int) -> ssl.SSLSocket:
@@ -242,40 +259,20 @@ def in_process_requests(
     """
     import concurrent.futures
 
-    from twisted.internet import reactor
+    def load(port: int, in_reactor: Callable[[Callable[[], object]], None]) -> None:
+        connections = [kept_alive(port) for _ in range(concurrency)]
+        for tls in connections:
+            requests_on(tls, 20)
+        in_reactor(start)
+        share = [requests // concurrency] * concurrency
+        share[0] += requests - sum(share)
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(requests_on, connections, share))
+        in_reactor(stop)
+        for tls in connections:
+            tls.close()
 
-    from tlsgate import tap
-
-    work = Path(tempfile.mkdtemp(prefix="tlsgate-in-process."))
-    backend, port, _, _, ini = setting(work, handler=KeepAliveBackend)
-    tap.makeService({"config": str(ini)}).startService()
-
-    def in_reactor(call: Callable[[], object]) -> None:
-        done = threading.Event()
-        reactor.callFromThread(lambda: (call(), done.set()))  # type: ignore[attr-defined]
-        done.wait()
-
-    def clients() -> None:
-        try:
-            connections = [kept_alive(port) for _ in range(concurrency)]
-            for tls in connections:
-                requests_on(tls, 20)
-            in_reactor(start)
-            share = [requests // concurrency] * concurrency
-            share[0] += requests - sum(share)
-            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(requests_on, connections, share))
-            in_reactor(stop)
-            for tls in connections:
-                tls.close()
-        finally:
-            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
-
-    reactor.callWhenRunning(  # type: ignore[attr-defined]
-        threading.Thread(target=clients, daemon=True).start
-    )
-    reactor.run()  # type: ignore[attr-defined]
-    backend.shutdown()
+    _gateway_in_process(KeepAliveBackend, load)
 
 
 def hitch_worker(conf: Path) -> str:

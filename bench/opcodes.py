@@ -82,19 +82,12 @@ def main() -> int:
         return trace
 
     if a.requests:
-        instructions.in_process_requests(
-            a.requests, a.concurrency,
-            lambda: sys.settrace(trace), lambda: sys.settrace(None),
-        )  # fmt: skip
-        n, unit = a.requests, "request"
+        run, n, unit = instructions.in_process_requests, a.requests, "request"
         what = f"{n} keep-alive requests over {a.concurrency} connections"
     else:
-        instructions.in_process(
-            a.connections, a.concurrency,
-            lambda: sys.settrace(trace), lambda: sys.settrace(None),
-        )  # fmt: skip
-        n, unit = a.connections, "connection"
+        run, n, unit = instructions.in_process, a.connections, "connection"
         what = f"{n} connections, {a.concurrency} at a time"
+    run(n, a.concurrency, lambda: sys.settrace(trace), lambda: sys.settrace(None))
     print(
         f"{sum(opcodes.values()) / n:,.0f} bytecodes and"
         f" {sum(calls.values()) / n:,.0f} Python calls per {unit} ({what})"
