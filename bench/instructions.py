@@ -43,17 +43,25 @@ REPO = Path(__file__).resolve().parents[1]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
 
+def read_head(sock: socket.socket, data: bytes) -> bytes | None:
+    """
+    Read from C{sock} until C{data} holds a request's head; what came after
+    it, or C{None} if the client closed first.
+    """
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
 class Backend(socketserver.BaseRequestHandler):
     """Answers one request, then closes (as nginx does for Connection: close)."""
 
     def handle(self) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.request.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        self.request.sendall(ANSWER)
+        if read_head(self.request, b"") is not None:
+            self.request.sendall(ANSWER)
 
 
 KEPT_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
@@ -63,14 +71,8 @@ class KeepAliveBackend(socketserver.BaseRequestHandler):
     """Answers every request of a connection, and closes when the client does."""
 
     def handle(self) -> None:
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            data = data.split(b"\r\n\r\n", 1)[1]
+        rest: bytes | None = b""
+        while (rest := read_head(self.request, rest)) is not None:
             self.request.sendall(KEPT_ANSWER)
 
 
@@ -106,22 +108,39 @@ def make_certificate(workdir: Path, kind: str = "ecdsa") -> tuple[Path, Path]:
     return cert, key
 
 
-def one_connection(port: int, ctx: ssl.SSLContext) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+def client_context() -> ssl.SSLContext:
+    """A client context that takes the gateway's self-signed certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def open_tls(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    """A TLS connection to the gateway on C{port} (handshake done)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            data = b""
-            while True:
-                try:
-                    chunk = tls.recv(4096)
-                except (ssl.SSLEOFError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            if not data.endswith(b"ok\n"):
-                raise RuntimeError(f"unexpected answer {data!r}")
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def one_connection(port: int, ctx: ssl.SSLContext) -> None:
+    with open_tls(port, ctx) as tls:
+        tls.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while True:
+            try:
+                chunk = tls.recv(4096)
+            except (ssl.SSLEOFError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        if not data.endswith(b"ok\n"):
+            raise RuntimeError(f"unexpected answer {data!r}")
 
 
 #: What else can be counted in the gateway's place: bench/floor_relay.py's
@@ -208,9 +227,7 @@ def in_process(
     import concurrent.futures
 
     def load(port: int, in_reactor: Callable[[Callable[[], object]], None]) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+        ctx = client_context()
         for _ in range(30):
             one_connection(port, ctx)
         in_reactor(start)
@@ -219,16 +236,6 @@ def in_process(
         in_reactor(stop)
 
     _gateway_in_process(Backend, load)
-
-
-def kept_alive(port: int) -> ssl.SSLSocket:
-    """A TLS connection to the gateway, for requests one after another."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
 def requests_on(tls: ssl.SSLSocket, n: int) -> None:
@@ -260,7 +267,8 @@ def in_process_requests(
     import concurrent.futures
 
     def load(port: int, in_reactor: Callable[[Callable[[], object]], None]) -> None:
-        connections = [kept_alive(port) for _ in range(concurrency)]
+        ctx = client_context()
+        connections = [open_tls(port, ctx) for _ in range(concurrency)]
         for tls in connections:
             requests_on(tls, 20)
         in_reactor(start)
@@ -351,9 +359,7 @@ def count(
              f"--callgrind-out-file={out}", *argv],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = client_context()
     ctx.minimum_version = ctx.maximum_version = getattr(
         ssl.TLSVersion, "TLSv" + version.replace(".", "_")
     )

@@ -356,8 +356,19 @@ def test_the_gateways_sockets_are_the_c_type_with_numbers_for_family(
     client.close()
 
 
+def connect_dials(reactor: Reactor) -> None:
+    """The turn a dial is watched from, then each waiting dial connected."""
+    reactor.advance(0)
+    for transport in list(reactor.writers):
+        writable(transport)
+        transport.doWrite()
+
+
 def dialled_handle(listener: socket.socket, **options: Any) -> Any:
-    """The socket a protocol dialled through a pool gets from getHandle()."""
+    """
+    The socket a protocol dialled through a pool gets from getHandle(),
+    closed once the protocol let go of its connection.
+    """
     reactor = Reactor()
     ep = TCP4ClientEndpoint(reactor, "127.0.0.1", 1)  # type: ignore[arg-type]
     pool = BackendPool(
@@ -366,13 +377,12 @@ def dialled_handle(listener: socket.socket, **options: Any) -> Any:
     )  # fmt: skip
     results: list[Any] = []
     pool.dial(Factory.forProtocol(Recorder), lambda p, f: results.append(p))
-    reactor.advance(0)  # a dial is watched from the next turn
-    for transport in list(reactor.writers):
-        writable(transport)
-        transport.doWrite()
+    connect_dials(reactor)
     [protocol] = results
     handle = protocol.transport.getHandle()
     protocol.transport.loseConnection()
+    reactor.advance(0)  # the close
+    assert handle.fileno() == -1
     return handle
 
 
@@ -830,10 +840,7 @@ def test_the_pool_fails_over_from_a_refused_direct_backend(
     results: list[Any] = []
     pool.dial(Factory.forProtocol(Recorder), lambda p, f: results.append((p, f)))
     for _ in range(2):
-        reactor.advance(0)  # a dial is watched from the next turn
-        for transport in list(reactor.writers):
-            writable(transport)
-            transport.doWrite()
+        connect_dials(reactor)
     [(protocol, reason)] = results
     assert reason is None and isinstance(protocol, Recorder) and protocol.made
     assert pool.connect_failures == {"dead": 1} and pool.is_down("dead")
